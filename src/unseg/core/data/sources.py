@@ -1,0 +1,287 @@
+"""Data sources: where images and label maps come from, behind one interface chosen by `dataset.source`.
+
+A source turns a `DatasetConfig` into an index table, one row per image:
+``image_id, split, image_path, label_path, width, height`` (label_path is "" where a split has no labels).
+Building the index reads file headers only, never decodes an image. Checks that need a decode (corrupt pixels,
+label values) happen when the images are prepared (`unseg.core.data.prepare`).
+
+Sources here: `folder` (ROOT/images/<split>/*.{jpg,jpeg,png} with optional ROOT/labels/<split>/<stem>.png holding
+class ids) and `synthetic` (the embedded default: generated deterministically from the seed, written once in the
+folder layout, then read as a folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from unseg.core.data import synthetic
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+INDEX_COLUMNS = ("image_id", "split", "image_path", "label_path", "width", "height")
+BAD_FILE_POLICIES = ("raise", "skip")
+SPLIT_ROLES = ("train", "val")
+
+
+class BadFileError(ValueError):
+    """An input file is missing, unreadable or inconsistent; the message names the file and the problem."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """The `dataset` parameters block.
+
+    Attributes:
+        source: a registered source name (see SOURCES).
+        root: the data set's folder (for `synthetic`: where the generated files are written).
+        num_classes: K; label values in [0, K) are classes.
+        ignore_index: the label value of unlabelled pixels.
+        class_names: K names, or None for "class_<i>".
+        splits: role (train, val) -> split folder name.
+        on_bad_file: "raise" stops at the first bad file; "skip" logs it, leaves it out and counts it.
+        resize: evaluation resolution: the shorter side is resized to this (bilinear; labels nearest) ...
+        crop: ... then a centre crop of crop x crop (320 in the papers; 322 for DINOv2 /14 backbones).
+        seed: seeds the synthetic generator.
+        synthetic: SyntheticConfig fields for the `synthetic` source.
+    """
+
+    source: str
+    root: str
+    num_classes: int
+    ignore_index: int = 255
+    class_names: tuple[str, ...] | None = None
+    splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "val": "val"})
+    on_bad_file: str = "raise"
+    resize: int = 320
+    crop: int = 320
+    seed: int = 0
+    synthetic: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown dataset.source {self.source!r}; valid: {', '.join(sorted(SOURCES))}")
+        if self.num_classes < 1:
+            raise ValueError(f"dataset.num_classes must be >= 1, got {self.num_classes}")
+        if 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(f"dataset.ignore_index {self.ignore_index} is a class id (num_classes "
+                             f"{self.num_classes}); use a value outside [0, num_classes)")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"dataset.class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        if self.on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"dataset.on_bad_file {self.on_bad_file!r}; valid: {', '.join(BAD_FILE_POLICIES)}")
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"dataset.crop must be in (0, dataset.resize], got crop {self.crop}, "
+                             f"resize {self.resize}")
+        if set(self.splits) != set(SPLIT_ROLES):
+            raise ValueError(f"dataset.splits must map exactly {SPLIT_ROLES} to folder names, got {dict(self.splits)}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], seed: int) -> DatasetConfig:
+        known = {f for f in cls.__dataclass_fields__ if f != "seed"}
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"unknown dataset parameters {sorted(unknown)}; valid: {sorted(known)}")
+        values = dict(params)
+        if values.get("class_names") is not None:
+            values["class_names"] = tuple(values["class_names"])
+        return cls(**values, seed=seed)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.class_names) if self.class_names else [f"class_{i}" for i in range(self.num_classes)]
+
+    @property
+    def label_dtype(self) -> str:
+        return "uint8" if max(self.num_classes - 1, self.ignore_index) <= 255 and self.ignore_index >= 0 else "int32"
+
+
+@dataclass
+class IndexResult:
+    """The index table plus the files left out of it (only with on_bad_file=skip)."""
+
+    table: pd.DataFrame
+    skipped: list[dict[str, str]]
+
+
+class BadFiles:
+    """Applies the on_bad_file policy: raise at once, or log, remember and go on."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.skipped: list[dict[str, str]] = []
+
+    def report(self, image_id: str, path: Path | str, problem: str) -> None:
+        if self.policy == "raise":
+            raise BadFileError(path, problem)
+        logger.warning("skipping %s: %s", path, problem)
+        self.skipped.append({"id": image_id, "path": str(path), "problem": problem})
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    with Image.open(path) as img:
+        return img.size
+
+
+# ---------------------------------------------------------------------------------------------------- folder source
+def index_folder(config: DatasetConfig, root: Path | None = None) -> IndexResult:
+    """Indexes ROOT/images/<split>/*.{jpg,jpeg,png} and their labels ROOT/labels/<split>/<stem>.png.
+
+    The val split must have labels (evaluation needs them); for train they are optional (used only by the
+    supervised linear probe and by tests). Where a labels folder exists, every image needs its label.
+
+    Raises:
+        FileNotFoundError: the root or a split folder is missing.
+        BadFileError: an empty split, a missing/unreadable label or image, a label whose size differs from its
+            image (with on_bad_file=raise).
+    """
+    root = Path(root or config.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist (dataset.root)")
+    bad = BadFiles(config.on_bad_file)
+    rows = []
+    for role in SPLIT_ROLES:
+        split = config.splits[role]
+        image_dir, label_dir = root / "images" / split, root / "labels" / split
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"{image_dir}: split folder for the {role} split is missing")
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise BadFileError(image_dir, f"empty split, no {'/'.join(IMAGE_SUFFIXES)} images")
+        has_labels = label_dir.is_dir()
+        if role == "val" and not has_labels:
+            raise FileNotFoundError(f"{label_dir}: the val split needs labels for evaluation")
+        for path in images:
+            image_id = path.stem
+            try:
+                width, height = _header_size(path)
+            except (OSError, UnidentifiedImageError) as err:
+                bad.report(image_id, path, f"unreadable image ({err.__class__.__name__}: {err})")
+                continue
+            label_path = ""
+            if has_labels:
+                label = label_dir / f"{path.stem}.png"
+                if not label.is_file():
+                    bad.report(image_id, label, f"missing label for image {path.name}")
+                    continue
+                try:
+                    label_size = _header_size(label)
+                except (OSError, UnidentifiedImageError) as err:
+                    bad.report(image_id, label, f"unreadable label ({err.__class__.__name__}: {err})")
+                    continue
+                if label_size != (width, height):
+                    bad.report(image_id, label, f"label size {label_size[0]}x{label_size[1]} differs from image "
+                                                f"{path.name} size {width}x{height}")
+                    continue
+                label_path = str(label)
+            rows.append((image_id, role, str(path), label_path, width, height))
+        if not any(r[1] == role for r in rows):
+            raise BadFileError(image_dir, "empty split, every image was skipped as bad")
+    table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype({"width": "int32", "height": "int32"})
+    duplicated = table["image_id"][table["image_id"].duplicated()]
+    if len(duplicated):
+        raise BadFileError(root, f"image ids appear in more than one split or twice: {sorted(set(duplicated))[:5]}")
+    return IndexResult(table, bad.skipped)
+
+
+# ------------------------------------------------------------------------------------------------- synthetic source
+def materialise_synthetic(config: DatasetConfig) -> Path:
+    """Writes the synthetic data set in the folder layout under config.root, once per generator config.
+
+    A marker file records the generator config; a root whose marker matches is reused as it is. A new set is
+    written beside the root and swapped in only when complete, so a killed run never leaves half a data set.
+    """
+    gen = synthetic.SyntheticConfig(**config.synthetic, seed=config.seed)
+    root = Path(config.root)
+    marker = {"generator": "unseg.synthetic", "config": {k: getattr(gen, k) for k in gen.__dataclass_fields__},
+              "splits": dict(config.splits)}
+    marker_path = root / "synthetic.json"
+    if marker_path.is_file() and json.loads(marker_path.read_text()) == marker:
+        return root
+    staging = root.with_name(f".{root.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Generating the synthetic data set (%d train, %d val, seed %d) in %s", gen.num_train, gen.num_val,
+                gen.seed, root)
+    for role in SPLIT_ROLES:
+        split = config.splits[role]
+        (staging / "images" / split).mkdir(parents=True)
+        (staging / "labels" / split).mkdir(parents=True)
+        for image_id, image, label in synthetic.iter_split(gen, role):
+            Image.fromarray(image).save(staging / "images" / split / f"{image_id}.png")
+            Image.fromarray(label).save(staging / "labels" / split / f"{image_id}.png")
+    (staging / "synthetic.json").write_text(json.dumps(marker, indent=1))
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, root)
+    return root
+
+
+def index_synthetic(config: DatasetConfig) -> IndexResult:
+    if config.num_classes != len(synthetic.CLASS_NAMES):
+        raise ValueError(f"the synthetic source has {len(synthetic.CLASS_NAMES)} classes; "
+                         f"dataset.num_classes is {config.num_classes}")
+    return index_folder(config, materialise_synthetic(config))
+
+
+# ------------------------------------------------------------------------------------------------------- registry
+SOURCES: dict[str, Callable[[DatasetConfig], IndexResult]] = {
+    "folder": index_folder,
+    "synthetic": index_synthetic,
+}
+
+
+def build_index(config: DatasetConfig) -> IndexResult:
+    """The index table of config's source; see the module docstring."""
+    return SOURCES[config.source](config)
+
+
+def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
+    """Decodes a label map of class ids and checks its values.
+
+    Returns:
+        (H, W) array of ids in [0, num_classes) or ignore_index.
+
+    Raises:
+        BadFileError: not a single-channel image, or values outside [0, num_classes) other than ignore_index.
+    """
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "I", "I;16", "1"):
+            raise BadFileError(path, f"label has mode {img.mode}; expected a single-channel image of class ids")
+        label = np.asarray(img).astype(np.int64)
+    invalid = (label >= config.num_classes) & (label != config.ignore_index) | (label < 0)
+    if invalid.any():
+        values = np.unique(label[invalid])
+        raise BadFileError(path, f"label values {values[:10].tolist()} are outside [0, {config.num_classes}) "
+                                 f"and not ignore_index {config.ignore_index}")
+    return label
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decodes an image to uint8 RGB (H, W, 3).
+
+    Raises:
+        BadFileError: the file cannot be decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise BadFileError(path, f"corrupt or unreadable image ({err.__class__.__name__}: {err})") from err

@@ -1,0 +1,31 @@
+"""Device selection: `auto` takes CUDA when present, else the CPU."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turns a `device` parameter into a torch.device.
+
+    Args:
+        name: "auto", "cpu", "cuda" or "cuda:<index>".
+
+    Raises:
+        ValueError: unknown name, or CUDA asked for on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICE_CHOICES)} or 'cuda:<index>'")

@@ -1,0 +1,295 @@
+"""Sharded on-disk store of per-image arrays (prepared images, dense features, predictions).
+
+A store is a folder::
+
+    meta.json              written last: fields, shards, ids, attrs; a store without it is not a store
+    shard-00000/image.npy  one .npy per field per shard, memory-mapped on read
+    shard-00000/label.npy
+    ...
+
+Writing goes through `write_store`, which takes an `ArrayStream` (a lazy producer of shards). Shard i holds what the
+stream made of its i-th chunk of inputs (inputs it skipped are listed in `meta.json`, not stored). Each shard is
+written into a temporary folder and renamed into place, so a shard folder that exists is complete; a killed write
+resumes without recomputing finished shards as long as the stream's fingerprint is unchanged. Readers never load a whole
+store: they read one item, one shard, or a random sample of vectors through memory maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A store on disk is missing, incomplete or does not match what was asked of it."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """dtype and per-item shape of one field, e.g. FieldSpec("float16", (384, 40, 40))."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> FieldSpec:
+        return cls(str(obj["dtype"]), tuple(int(s) for s in obj["shape"]))
+
+
+@dataclass
+class Shard:
+    """One shard as produced by a stream.
+
+    Attributes:
+        index: position of the shard in the store.
+        ids: ids of the n items it holds.
+        arrays: field -> array (n, *spec.shape).
+        skipped: inputs of this chunk that were left out, each {"id", "path", "problem"}.
+    """
+
+    index: int
+    ids: list[str]
+    arrays: dict[str, np.ndarray]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+class ArrayStream(Protocol):
+    """A lazy producer of shards, consumed by `write_store`.
+
+    Attributes:
+        fields: name -> FieldSpec of every field each shard holds.
+        num_shards: how many shards the stream makes.
+        attrs: JSON-serialisable facts stored with the data (backbone, stride, class names, ...).
+        fingerprint: changes whenever the content would change; finished shards are reused only under the same one.
+    """
+
+    fields: Mapping[str, FieldSpec]
+    num_shards: int
+    attrs: Mapping[str, Any]
+    fingerprint: str
+
+    def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
+        """Yields the shards whose index is in `todo`, in that order."""
+        ...
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (parameters, upstream fingerprints, file lists)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _shard_dir(root: Path, index: int) -> Path:
+    return root / f"shard-{index:05d}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_shard(shard: Shard, fields: Mapping[str, FieldSpec]) -> None:
+    missing = set(fields) - set(shard.arrays)
+    if missing:
+        raise StoreError(f"shard {shard.index} lacks fields {sorted(missing)}")
+    for name, spec in fields.items():
+        shape = tuple(shard.arrays[name].shape)
+        if shape != (len(shard.ids), *spec.shape):
+            raise StoreError(f"shard {shard.index} field {name!r}: shape {shape}, "
+                             f"expected {(len(shard.ids), *spec.shape)}")
+
+
+def _read_shard_info(folder: Path, fields: Mapping[str, FieldSpec]) -> dict[str, Any] | None:
+    """The shard's ids.json if the shard is complete and matches `fields`, else None."""
+    try:
+        info = json.loads((folder / "ids.json").read_text())
+        for name, spec in fields.items():
+            arr = np.load(folder / f"{name}.npy", mmap_mode="r")
+            if arr.shape != (len(info["ids"]), *spec.shape) or str(arr.dtype) != spec.dtype:
+                return None
+        return dict(info)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = None, progress: bool = True) -> None:
+    """Writes `stream` into `root`, resuming finished shards of an earlier write with the same fingerprint.
+
+    Args:
+        stream: the producer; see `ArrayStream`.
+        root: target folder. If it holds a complete store, it is replaced only after the new one is complete.
+        staging_parent: where unfinished writes live (default: root's parent); it must be on root's file system and
+            stable across runs for a killed write to resume (versioned datasets pass their unversioned folder).
+        progress: show a tqdm bar over shards.
+
+    Raises:
+        StoreError: a produced shard does not match the declared fields.
+    """
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    staging = Path(staging_parent or root.parent) / f".{root.name}.staging-{stream.fingerprint}"
+    staging.mkdir(parents=True, exist_ok=True)
+    infos: dict[int, dict[str, Any]] = {}
+    for i in range(stream.num_shards):
+        info = _read_shard_info(_shard_dir(staging, i), stream.fields)
+        if info is not None:
+            infos[i] = info
+    todo = [i for i in range(stream.num_shards) if i not in infos]
+    if infos:
+        logger.info("Resuming %s: %d of %d shards already written", root, len(infos), stream.num_shards)
+    bar = tqdm(total=stream.num_shards, initial=len(infos), unit="shard", disable=not progress, desc=root.name)
+    for shard in stream.iter_shards(todo):
+        _check_shard(shard, stream.fields)
+        tmp = staging / f".shard-{shard.index:05d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, spec in stream.fields.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(shard.arrays[name], dtype=spec.dtype))
+        infos[shard.index] = {"ids": list(shard.ids), "skipped": list(shard.skipped)}
+        (tmp / "ids.json").write_text(json.dumps(infos[shard.index]))
+        final = _shard_dir(staging, shard.index)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        bar.update(1)
+    bar.close()
+    missing = [i for i in range(stream.num_shards) if i not in infos]
+    if missing:
+        raise StoreError(f"{root}: the stream did not produce shards {missing[:10]}")
+    ordered = [infos[i] for i in range(stream.num_shards)]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": stream.fingerprint,
+        "fields": {name: spec.to_json() for name, spec in stream.fields.items()},
+        "shard_counts": [len(info["ids"]) for info in ordered],
+        "ids": [image_id for info in ordered for image_id in info["ids"]],
+        "skipped": [entry for info in ordered for entry in info["skipped"]],
+        "attrs": dict(stream.attrs),
+    }
+    _atomic_write_text(staging / META_FILE, json.dumps(meta, indent=1))
+    if root.exists():
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.replace(root, old)
+        os.replace(staging, root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, root)
+
+
+@dataclass
+class ShardStore:
+    """Read access to a store written by `write_store`. Nothing is loaded until asked for."""
+
+    root: Path
+    fields: dict[str, FieldSpec] = field(init=False)
+    ids: list[str] = field(init=False)
+    shard_counts: list[int] = field(init=False)
+    skipped: list[dict[str, str]] = field(init=False)
+    attrs: dict[str, Any] = field(init=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        meta_path = self.root / META_FILE
+        if not meta_path.is_file():
+            raise StoreError(f"{self.root}: no {META_FILE}; not a store, or its write did not finish")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{meta_path}: unreadable ({err})") from err
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        self.fields = {name: FieldSpec.from_json(spec) for name, spec in meta["fields"].items()}
+        self.ids = list(meta["ids"])
+        self.shard_counts = [int(c) for c in meta["shard_counts"]]
+        self.skipped = list(meta["skipped"])
+        self.attrs = dict(meta["attrs"])
+        self.fingerprint = str(meta["fingerprint"])
+        self._starts = np.concatenate([[0], np.cumsum(self.shard_counts)]).astype(np.int64)
+        self._position = {image_id: i for i, image_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"ShardStore({str(self.root)!r}, items={len(self)}, fields={list(self.fields)})"
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shard_counts)
+
+    def shard(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Field -> memory-mapped array (n, *shape) of shard `index`."""
+        if not 0 <= index < self.num_shards:
+            raise IndexError(f"{self.root}: shard {index} out of range [0, {self.num_shards})")
+        folder = _shard_dir(self.root, index)
+        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in (names or self.fields)}
+
+    def shard_ids(self, index: int) -> list[str]:
+        return self.ids[self._starts[index]:self._starts[index + 1]]
+
+    def locate(self, key: int | str) -> tuple[int, int]:
+        """(shard, offset) of an item given by position or id."""
+        position = self._position[key] if isinstance(key, str) else int(key)
+        if not 0 <= position < len(self):
+            raise IndexError(f"{self.root}: item {key} out of range [0, {len(self)})")
+        shard = int(np.searchsorted(self._starts, position, side="right")) - 1
+        return shard, position - int(self._starts[shard])
+
+    def item(self, key: int | str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Field -> array (*shape) of one item, by position or by id."""
+        shard, offset = self.locate(key)
+        return {name: np.array(arr[offset]) for name, arr in self.shard(shard, names).items()}
+
+    def iter_shards(self, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for index in range(self.num_shards):
+            yield self.shard(index, names)
+
+    def sample_vectors(self, name: str, count: int, seed: int, channels_last: bool = False) -> np.ndarray:
+        """A uniform random sample of the channel vectors of a dense field.
+
+        Args:
+            name: the field, of shape (C, h, w), or (h, w, C) with channels_last (images).
+            count: vectors wanted; all of them when the store holds fewer.
+            seed: seeds the draw.
+            channels_last: the field's layout.
+
+        Returns:
+            float32 array (min(count, total), C), drawn without replacement, in store order.
+        """
+        spec = self.fields[name]
+        if len(spec.shape) != 3:
+            raise StoreError(f"{self.root}: field {name!r} has shape {spec.shape}, expected (C, h, w) or (h, w, C)")
+        channels = spec.shape[-1] if channels_last else spec.shape[0]
+        per_item = int(np.prod(spec.shape)) // channels
+        total = len(self) * per_item
+        rng = np.random.default_rng(seed)
+        flat = np.sort(rng.choice(total, size=min(count, total), replace=False))
+        item, pixel = np.divmod(flat, per_item)
+        out = np.empty((len(flat), channels), dtype=np.float32)
+        for position in np.unique(item):  # one item at a time keeps memory at one item
+            rows = np.nonzero(item == position)[0]
+            shard, offset = self.locate(int(position))
+            block = np.asarray(self.shard(shard, [name])[name][offset])
+            block = block.reshape(per_item, channels) if channels_last else block.reshape(channels, per_item).T
+            out[rows] = block[pixel[rows]]
+        return out
