@@ -121,12 +121,14 @@ def _read_shard_info(folder: Path, fields: Mapping[str, FieldSpec]) -> dict[str,
     """The shard's ids.json if the shard is complete and matches `fields`, else None."""
     try:
         info = json.loads((folder / "ids.json").read_text())
+        if not isinstance(info.get("ids"), list) or not isinstance(info.get("skipped"), list):
+            return None
         for name, spec in fields.items():
             arr = np.load(folder / f"{name}.npy", mmap_mode="r")
             if arr.shape != (len(info["ids"]), *spec.shape) or str(arr.dtype) != spec.dtype:
                 return None
         return dict(info)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, AttributeError):  # EOFError: np.load of an empty file
         return None
 
 

@@ -253,6 +253,9 @@ def build_index(config: DatasetConfig) -> IndexResult:
     return SOURCES[config.source](config)
 
 
+_LABEL_MODES = ("L", "P", "I", "I;16", "1")
+
+
 def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
     """Decodes a label map of class ids and checks its values.
 
@@ -260,12 +263,18 @@ def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
         (H, W) array of ids in [0, num_classes) or ignore_index.
 
     Raises:
-        BadFileError: not a single-channel image, or values outside [0, num_classes) other than ignore_index.
+        BadFileError: unreadable or corrupt, not a single-channel image, or values outside [0, num_classes) other
+            than ignore_index.
     """
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16", "1"):
-            raise BadFileError(path, f"label has mode {img.mode}; expected a single-channel image of class ids")
-        label = np.asarray(img).astype(np.int64)
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode in _LABEL_MODES:
+                label = np.asarray(img).astype(np.int64)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:  # PIL: SyntaxError = broken PNG chunk
+        raise BadFileError(path, f"corrupt or unreadable label ({err.__class__.__name__}: {err})") from err
+    if mode not in _LABEL_MODES:
+        raise BadFileError(path, f"label has mode {mode}; expected a single-channel image of class ids")
     invalid = (label >= config.num_classes) & (label != config.ignore_index) | (label < 0)
     if invalid.any():
         values = np.unique(label[invalid])
@@ -283,5 +292,5 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:  # PIL: SyntaxError = broken PNG chunk
         raise BadFileError(path, f"corrupt or unreadable image ({err.__class__.__name__}: {err})") from err

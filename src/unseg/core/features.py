@@ -1,0 +1,95 @@
+"""Dense feature extraction with a frozen backbone, streamed shard by shard into a feature store.
+
+Each shard of a prepared-image store becomes a shard of features (C, h, w) in float16. Batches run under
+`torch.inference_mode`, with autocast (bf16) and channels-last on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from unseg.core.backbones import Backbone
+from unseg.core.store import FieldSpec, Shard, ShardStore, fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] on `device`."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    return tensor.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.inference_mode()
+def extract(backbone: Backbone, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Dense features of a stack of images.
+
+    Args:
+        backbone: a frozen Backbone already on `device`.
+        images: uint8 (N, H, W, 3).
+        device: where the backbone runs.
+        batch_size: images per forward pass.
+
+    Returns:
+        float16 (N, C, H / stride, W / stride).
+    """
+    cuda = device.type == "cuda"
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = images_to_tensor(images[start:start + batch_size], device)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            outs.append(backbone(x).float().cpu().numpy().astype(np.float16))
+    return np.concatenate(outs) if outs else np.zeros((0, backbone.cfg.dim, 0, 0), np.float16)
+
+
+@dataclass
+class FeatureStream:
+    """Features of every image of a prepared store, one output shard per input shard.
+
+    Field: feat float16 (C, crop / stride, crop / stride).
+    """
+
+    images: ShardStore
+    backbone: Backbone
+    device: torch.device
+    batch_size: int
+    weights_id: str
+    fields: dict[str, FieldSpec] = field(init=False)
+    attrs: dict[str, Any] = field(init=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.backbone.cfg
+        height, width = self.images.fields["image"].shape[:2]
+        if height % cfg.input_multiple or width % cfg.input_multiple:
+            raise ValueError(f"backbone {cfg.name} needs image sides that are multiples of {cfg.input_multiple}; "
+                             f"the prepared crop is {height}x{width} (set dataset.crop accordingly)")
+        grid = (height // cfg.stride, width // cfg.stride)
+        self.fields = {"feat": FieldSpec("float16", (cfg.dim, *grid))}
+        self.attrs = {"backbone": cfg.name, "stride": cfg.stride, "dim": cfg.dim, "weights": self.weights_id,
+                      "images": self.images.fingerprint, "split": self.images.attrs.get("split")}
+        self.fingerprint = fingerprint(self.attrs)
+        self.backbone.to(self.device)
+
+    @property
+    def num_shards(self) -> int:
+        return self.images.num_shards
+
+    def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
+        for index in todo:
+            images = np.asarray(self.images.shard(index, ["image"])["image"])
+            start = time.perf_counter()
+            feats = extract(self.backbone, images, self.device, self.batch_size)
+            elapsed = time.perf_counter() - start
+            logger.debug("shard %d: %d images in %.2fs (%.1f img/s)", index, len(images), elapsed,
+                         len(images) / max(elapsed, 1e-9))
+            yield Shard(index, self.images.shard_ids(index), {"feat": feats})

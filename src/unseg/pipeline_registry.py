@@ -1,0 +1,11 @@
+"""Pipelines: one per stage, named combinations, and `__default__` chaining them all."""
+
+from kedro.framework.project import find_pipelines
+from kedro.pipeline import Pipeline
+
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    pipelines = find_pipelines(raise_errors=True)
+    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    return pipelines

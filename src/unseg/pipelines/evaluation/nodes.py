@@ -1,0 +1,98 @@
+"""Evaluation nodes: the k-means baselines, scoring of every method on val, the comparison table and plots."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from unseg.core.devices import resolve_device
+from unseg.core.evaluate import (
+    CentroidPredictionStream,
+    comparison_table,
+    confusion_of,
+    mapped_predictions,
+    matched_confusion,
+    method_scores,
+    metrics_of,
+)
+from unseg.core.kmeans import KMeansConfig, fit_kmeans
+from unseg.core.store import ShardStore
+from unseg.core.visualise import label_palette, plot_confusion, plot_iou_bars, plot_overlay_grid
+
+
+def _kmeans_config(params: dict[str, Any], num_classes: int, seed: int) -> KMeansConfig:
+    values = dict(params)
+    values["num_clusters"] = values.get("num_clusters") or num_classes  # null: one cluster per class
+    return KMeansConfig(**values, seed=seed)
+
+
+def fit_rgb_kmeans(train_images: ShardStore, kmeans: dict[str, Any], dataset: dict[str, Any],
+                   seed: int) -> dict[str, Any]:
+    """The floor: k-means on raw RGB pixel colours (in [0, 1]) of the train split."""
+    config = _kmeans_config(kmeans, dataset["num_classes"], seed)
+    pixels = train_images.sample_vectors("image", config.sample_size, seed, channels_last=True) / 255.0
+    return {"input": "image", "metric": config.metric, "centroids": fit_kmeans(pixels, config).tolist()}
+
+
+def fit_feature_kmeans(train_features: ShardStore, kmeans: dict[str, Any], dataset: dict[str, Any],
+                       seed: int) -> dict[str, Any]:
+    """The paper's baseline: k-means on the frozen backbone features of the train split."""
+    config = _kmeans_config(kmeans, dataset["num_classes"], seed)
+    vectors = train_features.sample_vectors("feat", config.sample_size, seed)
+    return {"input": "feat", "metric": config.metric, "centroids": fit_kmeans(vectors, config).tolist(),
+            "backbone": train_features.attrs.get("backbone")}
+
+
+def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, dataset: dict[str, Any],
+                           device: str) -> CentroidPredictionStream:
+    """Lazy val predictions of a centroid model at the evaluation crop."""
+    crop = dataset["crop"]
+    return CentroidPredictionStream(val_source, model["input"], model["input"] == "image",
+                                    np.asarray(model["centroids"], dtype=np.float32), model["metric"], (crop, crop),
+                                    resolve_device(device))
+
+
+def score_predictions(predictions: ShardStore, val_images: ShardStore, dataset: dict[str, Any],
+                      method: str) -> dict[str, Any]:
+    """Hungarian-matched Acc / mIoU / per-class IoU of one method on val."""
+    num_clusters = int(predictions.attrs["num_clusters"])
+    hist = confusion_of(predictions, val_images, dataset["num_classes"], num_clusters)
+    names = val_images.attrs["class_names"]
+    return method_scores(method, hist, names, dataset.get("thing_classes") or (), dataset.get("stuff_classes") or ())
+
+
+def scorer(method: str) -> Callable[..., dict[str, Any]]:
+    """score_predictions bound to a method name (a node per method)."""
+    return functools.update_wrapper(functools.partial(score_predictions, method=method), score_predictions)
+
+
+def compare_methods(*records: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, Any], dict[str, Figure], Figure]:
+    """The comparison table (DataFrame and markdown), MLflow metrics, confusion heatmaps and IoU bars."""
+    table = comparison_table(records)
+    metrics = {name: {"value": value, "step": 0} for name, value in metrics_of(records).items()}
+    names = records[0]["class_names"]
+    confusions = {f"confusion_{r['method']}.png": plot_confusion(matched_confusion(r), names,
+                                                                 f"{r['method']} (Hungarian-matched, row %)")
+                  for r in records}
+    ious = {r["method"]: np.array([np.nan if v is None else v for v in r["iou"]], dtype=float) for r in records}
+    return table, table.to_markdown(index=False), metrics, confusions, plot_iou_bars(ious, names)
+
+
+def plot_qualitative(val_images: ShardStore, num_images: int, dataset: dict[str, Any], *method_outputs: Any) -> Figure:
+    """Image | ground truth | each method (clusters mapped to classes), for the first val images.
+
+    method_outputs alternate (predictions store, scores record) per method.
+    """
+    count = min(num_images, len(val_images))
+    items = [val_images.item(i, ["image", "label"]) for i in range(count)]
+    images = np.stack([it["image"] for it in items])
+    labels = np.stack([it["label"] for it in items])
+    ignore = dataset["ignore_index"]
+    predictions = {record["method"]: mapped_predictions(store, record, count, ignore)
+                   for store, record in zip(method_outputs[::2], method_outputs[1::2], strict=True)}
+    return plot_overlay_grid(images, labels, predictions, label_palette(dataset["num_classes"]), ignore)

@@ -1,0 +1,61 @@
+"""Evaluation: baselines (rgb_kmeans, kmeans) -> val predictions -> scores of every method -> table and plots.
+
+Every method contributes `<method>.val_predictions` (cluster ids at the evaluation crop); scoring, the table and the
+plots are the same template for all, so a new method adds one entry to METHODS and its own pipeline.
+"""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from unseg.pipelines.evaluation.nodes import (
+    compare_methods,
+    fit_feature_kmeans,
+    fit_rgb_kmeans,
+    plot_qualitative,
+    predict_with_centroids,
+    scorer,
+)
+
+# method -> (fit node, train input, val input); the order is the table's
+BASELINES = {
+    "rgb_kmeans": (fit_rgb_kmeans, "prm_train_images", "prm_val_images"),
+    "kmeans": (fit_feature_kmeans, "feat_train", "feat_val"),
+}
+METHODS = tuple(BASELINES)
+
+
+def baseline_pipeline(method: str) -> Pipeline:
+    """Fit on train, predict val, score: namespace `<method>` (outputs <method>.model, .val_predictions, .scores)."""
+    fit, train, val = BASELINES[method]
+    return pipeline(
+        [
+            node(fit, ["train", "params:kmeans", "params:dataset", "params:seed"], "model", name="fit"),
+            node(predict_with_centroids, ["model", "val", "params:dataset", "params:device"], "val_predictions",
+                 name="predict"),
+        ],
+        namespace=method,
+        inputs={"train": train, "val": val},
+        parameters={"params:kmeans": f"params:evaluation.{method}", "params:dataset": "params:dataset",
+                    "params:seed": "params:seed", "params:device": "params:device"},
+    ) + scoring_pipeline(method)
+
+
+def scoring_pipeline(method: str) -> Pipeline:
+    """Score `<method>.val_predictions` against the val labels into `<method>.scores`."""
+    return pipeline(
+        [node(scorer(method), ["val_predictions", "prm_val_images", "params:dataset"], "scores", name="score")],
+        namespace=method,
+        inputs={"prm_val_images"},
+        parameters={"params:dataset"},
+    )
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    outputs = [f"{m}.{kind}" for m in METHODS for kind in ("val_predictions", "scores")]
+    report = pipeline([
+        node(compare_methods, [f"{m}.scores" for m in METHODS],
+             ["rpt_comparison_table", "rpt_comparison_markdown", "evaluation_metrics", "rpt_confusion_plots",
+              "rpt_iou_bars"], name="compare_methods"),
+        node(plot_qualitative, ["prm_val_images", "params:evaluation.overlay_images", "params:dataset", *outputs],
+             "rpt_overlay_grid", name="plot_qualitative"),
+    ])
+    return sum((baseline_pipeline(m) for m in METHODS), Pipeline([])) + report

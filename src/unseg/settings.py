@@ -1,0 +1,19 @@
+"""Project settings (https://docs.kedro.org/en/stable/configure/configuration_basics/)."""
+
+import os
+
+from omegaconf.resolvers import oc
+
+# No run ever tries the network: kedro-telemetry is also switched off by the project's .telemetry file.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # an environment overrides single keys of a parameters block instead of replacing the whole block
+    "merge_strategy": {"parameters": "soft"},
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    # conf/base/mlflow.yml reads MLFLOW_TRACKING_URI with a default
+    "custom_resolvers": {"oc.env": oc.env},
+}
