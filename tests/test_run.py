@@ -1,0 +1,87 @@
+"""End to end: `__default__` through KedroSession in the `test` environment, MLflow in a temporary store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from kedro.framework.project import configure_project, pipelines
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from unseg.core.data.sources import DatasetConfig, materialise_synthetic
+
+pytestmark = pytest.mark.integration
+
+
+def _run(project: Path, **kwargs: object) -> None:
+    bootstrap_project(project)
+    configure_project("unseg")
+    with KedroSession.create(project_path=project, env="test", **kwargs) as session:  # type: ignore[arg-type]
+        session.run(pipeline_name="__default__")
+
+
+def test_default_pipeline_chains_every_registered_pipeline() -> None:
+    configure_project("unseg")
+    default = pipelines["__default__"]
+    for name, pipe in pipelines.items():
+        assert set(pipe.nodes) <= set(default.nodes), f"pipeline {name} is not part of __default__"
+
+
+def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
+    _run(project_copy)
+
+    table = pd.read_csv(next((project_copy / "data/08_reporting/comparison_table.csv").glob("*/comparison_table.csv")))
+    assert list(table["method"]) == ["rgb_kmeans", "kmeans"]
+    assert table[["acc", "miou"]].apply(lambda col: col.between(0, 100)).all().all()
+
+    mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["unseg"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    metrics = run.data.metrics
+    for method in ("rgb_kmeans", "kmeans"):
+        assert 0 <= metrics[f"eval/{method}/miou"] <= 100
+        assert metrics[f"eval/{method}/acc"] == pytest.approx(float(table.set_index("method").loc[method, "acc"]),
+                                                              abs=0.01)
+        assert any(key.startswith(f"eval/{method}/iou/") for key in metrics)
+    assert metrics["ingestion/train/images"] == 24
+    assert metrics["ingestion/val/images"] == 8
+    assert metrics["ingestion/skipped_files"] == 0
+    # parameters are logged flattened
+    assert run.data.params["dataset.synthetic.num_train"] == "24"
+    assert run.data.params["features.backbone"] == "efficientnet_lite0"
+
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots/confusion")}
+    assert {"plots/overlay_grid.png", "plots/iou_per_class.png", "plots/confusion/confusion_kmeans.png",
+            "plots/confusion/confusion_rgb_kmeans.png"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {"reports/comparison_table.md"}
+    scores = json.loads(next((project_copy / "data/07_model_output/kmeans_scores.json").glob("*/*.json")).read_text())
+    assert scores["miou"] == pytest.approx(metrics["eval/kmeans/miou"])
+
+
+def test_folder_source_with_bad_file_skipped(project_copy: Path) -> None:
+    """`kedro run --params dataset.source=folder,...` over a tree with one corrupt image, with on_bad_file=skip."""
+    root = project_copy / "data/01_raw/folder_test"
+    materialise_synthetic(DatasetConfig("synthetic", str(root), num_classes=8,
+                                        synthetic={"num_train": 24, "num_val": 8, "height": 64, "width": 80}))
+    (root / "images/val/broken.png").write_bytes(b"not a png")
+    (root / "labels/val/broken.png").write_bytes(b"not a png")
+    # the command line a user types, in its own process
+    params = f"dataset.source=folder,dataset.root={root},dataset.on_bad_file=skip"
+    subprocess.run([sys.executable, "-m", "kedro", "run", "--env", "test", "--params", params], cwd=project_copy,
+                   check=True, capture_output=True)
+    mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
+
+    runs = mlflow.search_runs(experiment_names=["unseg"], output_format="list", order_by=["start_time DESC"])
+    metrics = runs[0].data.metrics
+    assert metrics["ingestion/skipped_files"] == 1
+    assert metrics["ingestion/val/images"] == 8
+    assert "eval/kmeans/miou" in metrics
