@@ -50,6 +50,8 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
         assert metrics[f"eval/{method}/acc"] == pytest.approx(float(table.set_index("method").loc[method, "acc"]),
                                                               abs=0.01)
         assert any(key.startswith(f"eval/{method}/iou/") for key in metrics)
+        assert 0 <= metrics[f"eval/{method}/miou_things"] <= 100  # the synthetic source defines things/stuff
+        assert 0 <= metrics[f"eval/{method}/miou_stuff"] <= 100
     assert metrics["ingestion/train/images"] == 24
     assert metrics["ingestion/val/images"] == 8
     assert metrics["ingestion/skipped_files"] == 0

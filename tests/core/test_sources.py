@@ -429,7 +429,25 @@ def test_synthetic_regenerated_when_the_seed_changes(tmp_path: Path) -> None:
 
 
 def test_synthetic_needs_its_class_count(tmp_path: Path) -> None:
-    cfg = DatasetConfig(source="synthetic", root=str(tmp_path / "s"), num_classes=5, resize=48, crop=48,
-                        synthetic=SMALL)
-    with pytest.raises(ValueError, match="synthetic source has 8 classes"):
-        build_index(cfg)
+    with pytest.raises(ValueError, match="synthetic source has 8 classes; dataset.num_classes is 5"):
+        DatasetConfig(source="synthetic", root=str(tmp_path / "s"), num_classes=5, resize=48, crop=48,
+                      synthetic=SMALL)
+
+
+def test_synthetic_source_supplies_its_class_names_and_groups(tmp_path: Path) -> None:
+    cfg = DatasetConfig(source="synthetic", root=str(tmp_path / "s"), num_classes=8)
+    assert cfg.names[:2] == ["stripes", "dots"] and len(cfg.names) == 8
+    assert cfg.thing_classes == (5, 6, 7) and cfg.stuff_classes == (0, 1, 2, 3, 4)
+    own = DatasetConfig(source="synthetic", root=str(tmp_path / "s"), num_classes=8, thing_classes=(7,),
+                        stuff_classes=(0,))
+    assert own.thing_classes == (7,) and own.stuff_classes == (0,)
+
+
+def test_folder_source_has_no_class_groups_unless_given(tmp_path: Path) -> None:
+    cfg = DatasetConfig(source="folder", root=str(tmp_path), num_classes=3)
+    assert cfg.names == ["class_0", "class_1", "class_2"]
+    assert cfg.thing_classes is None and cfg.stuff_classes is None
+    with pytest.raises(ValueError, match="outside"):
+        DatasetConfig(source="folder", root=str(tmp_path), num_classes=3, thing_classes=(5,))
+    with pytest.raises(ValueError, match="share ids"):
+        DatasetConfig(source="folder", root=str(tmp_path), num_classes=3, thing_classes=(0, 1), stuff_classes=(1,))

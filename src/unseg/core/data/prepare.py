@@ -73,7 +73,8 @@ class PreparedImageStream:
             self.fields["label"] = FieldSpec(self.config.label_dtype, (crop, crop))
         self.attrs = {"split": str(self.table["split"].iloc[0]), "resize": self.config.resize, "crop": crop,
                       "num_classes": self.config.num_classes, "ignore_index": self.config.ignore_index,
-                      "class_names": self.config.names}
+                      "class_names": self.config.names, "thing_classes": list(self.config.thing_classes or ()),
+                      "stuff_classes": list(self.config.stuff_classes or ())}
         self.fingerprint = fingerprint(self.attrs, self.config.on_bad_file, self.shard_size,
                                        self.table[["image_id", "image_path", "label_path"]].values.tolist())
 

@@ -53,7 +53,9 @@ class DatasetConfig:
         root: the data set's folder (for `synthetic`: where the generated files are written).
         num_classes: K; label values in [0, K) are classes.
         ignore_index: the label value of unlabelled pixels.
-        class_names: K names, or None for "class_<i>".
+        class_names: K names; None takes the source's own (synthetic) or "class_<i>".
+        thing_classes / stuff_classes: class ids of things and of stuff, where the data set defines them (then
+            evaluation also reports mIoU over each group, as COCO-Stuff-27 papers do); None takes the source's own.
         splits: role (train, val) -> split folder name.
         on_bad_file: "raise" stops at the first bad file; "skip" logs it, leaves it out and counts it.
         resize: evaluation resolution: the shorter side is resized to this (bilinear; labels nearest) ...
@@ -67,6 +69,8 @@ class DatasetConfig:
     num_classes: int
     ignore_index: int = 255
     class_names: tuple[str, ...] | None = None
+    thing_classes: tuple[int, ...] | None = None
+    stuff_classes: tuple[int, ...] | None = None
     splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "val": "val"})
     on_bad_file: str = "raise"
     resize: int = 320
@@ -77,6 +81,13 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown dataset.source {self.source!r}; valid: {', '.join(sorted(SOURCES))}")
+        own = SOURCE_CLASSES.get(self.source, {})
+        if own and len(own["class_names"]) != self.num_classes:
+            raise ValueError(f"the {self.source} source has {len(own['class_names'])} classes; "
+                             f"dataset.num_classes is {self.num_classes}")
+        for key, value in own.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
         if self.num_classes < 1:
             raise ValueError(f"dataset.num_classes must be >= 1, got {self.num_classes}")
         if 0 <= self.ignore_index < self.num_classes:
@@ -84,6 +95,13 @@ class DatasetConfig:
                              f"{self.num_classes}); use a value outside [0, num_classes)")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"dataset.class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        for group in ("thing_classes", "stuff_classes"):
+            ids = getattr(self, group) or ()
+            if any(not 0 <= int(i) < self.num_classes for i in ids):
+                raise ValueError(f"dataset.{group} {list(ids)} has ids outside [0, {self.num_classes})")
+        if set(self.thing_classes or ()) & set(self.stuff_classes or ()):
+            raise ValueError(f"dataset.thing_classes and dataset.stuff_classes share ids "
+                             f"{sorted(set(self.thing_classes or ()) & set(self.stuff_classes or ()))}")
         if self.on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"dataset.on_bad_file {self.on_bad_file!r}; valid: {', '.join(BAD_FILE_POLICIES)}")
         if not 0 < self.crop <= self.resize:
@@ -99,8 +117,9 @@ class DatasetConfig:
         if unknown:
             raise ValueError(f"unknown dataset parameters {sorted(unknown)}; valid: {sorted(known)}")
         values = dict(params)
-        if values.get("class_names") is not None:
-            values["class_names"] = tuple(values["class_names"])
+        for key in ("class_names", "thing_classes", "stuff_classes"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values, seed=seed)
 
     @property
@@ -235,9 +254,6 @@ def materialise_synthetic(config: DatasetConfig) -> Path:
 
 
 def index_synthetic(config: DatasetConfig) -> IndexResult:
-    if config.num_classes != len(synthetic.CLASS_NAMES):
-        raise ValueError(f"the synthetic source has {len(synthetic.CLASS_NAMES)} classes; "
-                         f"dataset.num_classes is {config.num_classes}")
     return index_folder(config, materialise_synthetic(config))
 
 
@@ -245,6 +261,11 @@ def index_synthetic(config: DatasetConfig) -> IndexResult:
 SOURCES: dict[str, Callable[[DatasetConfig], IndexResult]] = {
     "folder": index_folder,
     "synthetic": index_synthetic,
+}
+# classes a source defines itself; DatasetConfig fields left null take these
+SOURCE_CLASSES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "synthetic": {"class_names": synthetic.CLASS_NAMES, "thing_classes": synthetic.THING_CLASSES,
+                  "stuff_classes": synthetic.STUFF_CLASSES},
 }
 
 

@@ -62,8 +62,8 @@ def score_predictions(predictions: ShardStore, val_images: ShardStore, dataset: 
     """Hungarian-matched Acc / mIoU / per-class IoU of one method on val."""
     num_clusters = int(predictions.attrs["num_clusters"])
     hist = confusion_of(predictions, val_images, dataset["num_classes"], num_clusters)
-    names = val_images.attrs["class_names"]
-    return method_scores(method, hist, names, dataset.get("thing_classes") or (), dataset.get("stuff_classes") or ())
+    attrs = val_images.attrs
+    return method_scores(method, hist, attrs["class_names"], attrs["thing_classes"], attrs["stuff_classes"])
 
 
 def scorer(method: str) -> Callable[..., dict[str, Any]]:
