@@ -55,6 +55,9 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     assert metrics["ingestion/train/images"] == 24
     assert metrics["ingestion/val/images"] == 8
     assert metrics["ingestion/skipped_files"] == 0
+    assert run.data.tags["dataset"] == "synthetic" and run.data.tags["backbone"] == "efficientnet_lite0"
+    assert run.data.tags["seed"] == "0" and run.data.tags["env"] == "test"
+    assert set(run.data.tags["methods"].split(",")) >= {"rgb_kmeans", "kmeans"}
     # parameters are logged flattened
     assert run.data.params["dataset.synthetic.num_train"] == "24"
     assert run.data.params["features.backbone"] == "efficientnet_lite0"

@@ -4,6 +4,8 @@ import os
 
 from omegaconf.resolvers import oc
 
+from unseg.hooks import MlflowTagsHook
+
 # No run ever tries the network: kedro-telemetry is also switched off by the project's .telemetry file.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -17,3 +19,5 @@ CONFIG_LOADER_ARGS = {
     # conf/base/mlflow.yml reads MLFLOW_TRACKING_URI with a default
     "custom_resolvers": {"oc.env": oc.env},
 }
+
+HOOKS = (MlflowTagsHook(),)
