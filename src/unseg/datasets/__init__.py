@@ -1,5 +1,6 @@
 """Kedro datasets the project needs and kedro-datasets does not have."""
 
+from unseg.datasets.mlflow_runs_dataset import MlflowRunsDataset
 from unseg.datasets.shard_store_dataset import ShardStoreDataset
 
-__all__ = ["ShardStoreDataset"]
+__all__ = ["MlflowRunsDataset", "ShardStoreDataset"]
