@@ -15,6 +15,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from unseg.core.data.sources import DatasetConfig, materialise_synthetic
+from unseg.pipelines.evaluation.pipeline import METHODS
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,8 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     _run(project_copy)
 
     table = pd.read_csv(next((project_copy / "data/08_reporting/comparison_table.csv").glob("*/comparison_table.csv")))
-    assert list(table["method"]) == ["rgb_kmeans", "kmeans"]
+    assert list(table["method"]) == list(METHODS)
+    assert {"rgb_kmeans", "kmeans", "linear_probe"} <= set(METHODS)
     assert table[["acc", "miou"]].apply(lambda col: col.between(0, 100)).all().all()
 
     mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
@@ -45,7 +47,7 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     assert len(runs) == 1
     run = runs[0]
     metrics = run.data.metrics
-    for method in ("rgb_kmeans", "kmeans"):
+    for method in METHODS:
         assert 0 <= metrics[f"eval/{method}/miou"] <= 100
         assert metrics[f"eval/{method}/acc"] == pytest.approx(float(table.set_index("method").loc[method, "acc"]),
                                                               abs=0.01)

@@ -31,8 +31,9 @@ class CentroidPredictionStream:
         source: the store whose `field` is scored: dense features (C, h, w), or uint8 images (H, W, 3) when
             `images` is True (RGB in [0, 1], the rgb_kmeans floor).
         centroids: float32 (K, D).
-        metric: "cosine" or "euclidean" (see unseg.core.kmeans.centroid_scores).
+        metric: "cosine", "euclidean" or "linear" (see unseg.core.kmeans.centroid_scores).
         size: output (H, W), the evaluation crop.
+        bias: float32 (K,) for the "linear" metric (the supervised probe).
     """
 
     source: ShardStore
@@ -43,6 +44,7 @@ class CentroidPredictionStream:
     size: tuple[int, int]
     device: torch.device
     batch_size: int = 32
+    bias: np.ndarray | None = None
     fields: dict[str, FieldSpec] = field(init=False)
     attrs: dict[str, Any] = field(init=False)
     fingerprint: str = field(init=False)
@@ -51,7 +53,8 @@ class CentroidPredictionStream:
         dtype = "uint8" if len(self.centroids) <= 256 else "int32"
         self.fields = {"pred": FieldSpec(dtype, tuple(self.size))}
         self.attrs = {"num_clusters": len(self.centroids), "metric": self.metric, "source": self.source.fingerprint}
-        self.fingerprint = fingerprint(self.attrs, self.centroids.round(6).tolist(), self.size)
+        bias = None if self.bias is None else self.bias.round(6).tolist()
+        self.fingerprint = fingerprint(self.attrs, self.centroids.round(6).tolist(), bias, self.size)
 
     @property
     def num_shards(self) -> int:
@@ -60,6 +63,7 @@ class CentroidPredictionStream:
     @torch.inference_mode()
     def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
         centroids = torch.from_numpy(self.centroids).to(self.device)
+        bias = None if self.bias is None else torch.from_numpy(self.bias).to(self.device)
         for index in todo:
             data = self.source.shard(index, [self.source_field])[self.source_field]
             preds = []
@@ -67,7 +71,7 @@ class CentroidPredictionStream:
                 batch = np.asarray(data[start:start + self.batch_size])
                 x = (images_to_tensor(batch, self.device) if self.images
                      else torch.from_numpy(batch).to(self.device).float())
-                preds.append(predict_labels(x, centroids, self.metric, self.size).cpu().numpy())
+                preds.append(predict_labels(x, centroids, self.metric, self.size, bias).cpu().numpy())
             pred = np.concatenate(preds) if preds else np.zeros((0, *self.size))
             yield Shard(index, self.source.shard_ids(index), {"pred": pred.astype(self.fields["pred"].dtype)})
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 METRICS = ("cosine", "euclidean")
+SCORE_METRICS = (*METRICS, "linear")  # "linear": a linear classifier (the supervised probe), weights in place of centroids
 
 
 @dataclass(frozen=True)
@@ -95,28 +96,34 @@ def fit_kmeans(vectors: np.ndarray, config: KMeansConfig, use_gpu: bool = False)
     return l2_normalise(centroids) if spherical else centroids
 
 
-def centroid_scores(features: torch.Tensor, centroids: torch.Tensor, metric: str) -> torch.Tensor:
+def centroid_scores(features: torch.Tensor, centroids: torch.Tensor, metric: str,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """Scores of every centroid at every pixel; higher is nearer.
 
     Args:
         features: (B, D, h, w).
         centroids: (K, D).
-        metric: "cosine" (cosine similarity of normalised features) or "euclidean" (negative squared distance).
+        metric: "cosine" (cosine similarity of normalised features), "euclidean" (negative squared distance) or
+            "linear" (raw dot product plus `bias`: a 1x1 convolution).
+        bias: (K,), only with "linear".
 
     Returns:
         (B, K, h, w) scores.
     """
+    if metric == "linear":
+        scores = torch.einsum("bdhw,kd->bkhw", features, centroids)
+        return scores if bias is None else scores + bias[None, :, None, None]
     if metric == "cosine":
         # b: batch, d: channel, k: cluster, h/w: grid
         return torch.einsum("bdhw,kd->bkhw", F.normalize(features, dim=1), centroids)
     if metric == "euclidean":
         dots = torch.einsum("bdhw,kd->bkhw", features, centroids)
         return 2 * dots - (centroids**2).sum(1)[None, :, None, None] - (features**2).sum(1, keepdim=True)
-    raise ValueError(f"metric {metric!r}; valid: {', '.join(METRICS)}")
+    raise ValueError(f"metric {metric!r}; valid: {', '.join(SCORE_METRICS)}")
 
 
 def predict_labels(features: torch.Tensor, centroids: torch.Tensor, metric: str,
-                   size: tuple[int, int] | None = None) -> torch.Tensor:
+                   size: tuple[int, int] | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Nearest-centroid labels, with scores upsampled bilinearly to `size` before the argmax (PiCIE's evaluation).
 
     Args:
@@ -124,11 +131,12 @@ def predict_labels(features: torch.Tensor, centroids: torch.Tensor, metric: str,
         centroids: (K, D).
         metric: see centroid_scores.
         size: output (H, W); None keeps (h, w).
+        bias: (K,), for the "linear" metric.
 
     Returns:
         int64 labels (B, H, W) in [0, K).
     """
-    scores = centroid_scores(features.float(), centroids.float(), metric)
+    scores = centroid_scores(features.float(), centroids.float(), metric, None if bias is None else bias.float())
     if size is not None and tuple(scores.shape[-2:]) != tuple(size):
         scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
     return scores.argmax(1)

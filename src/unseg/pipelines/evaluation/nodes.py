@@ -21,6 +21,7 @@ from unseg.core.evaluate import (
     metrics_of,
 )
 from unseg.core.kmeans import KMeansConfig, fit_kmeans
+from unseg.core.linear_probe import LinearProbeConfig, fit_linear_probe
 from unseg.core.store import ShardStore
 from unseg.core.visualise import label_palette, plot_confusion, plot_iou_bars, plot_overlay_grid
 
@@ -48,13 +49,23 @@ def fit_feature_kmeans(train_features: ShardStore, kmeans: dict[str, Any], datas
             "backbone": train_features.attrs.get("backbone")}
 
 
+def fit_probe(train_features: ShardStore, train_images: ShardStore, probe: dict[str, Any], dataset: dict[str, Any],
+              seed: int, device: str) -> dict[str, Any]:
+    """The supervised upper bound: a linear 1x1 probe on the frozen train features, trained on train labels."""
+    conv = fit_linear_probe(train_features, train_images, dataset["num_classes"],
+                            LinearProbeConfig(**probe, seed=seed), resolve_device(device))
+    return {"input": "feat", "metric": "linear", "centroids": conv.weight[:, :, 0, 0].cpu().tolist(),
+            "bias": conv.bias.cpu().tolist(), "backbone": train_features.attrs.get("backbone")}
+
+
 def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, dataset: dict[str, Any],
                            device: str) -> CentroidPredictionStream:
-    """Lazy val predictions of a centroid model at the evaluation crop."""
+    """Lazy val predictions of a centroid (or linear) model at the evaluation crop."""
     crop = dataset["crop"]
+    bias = np.asarray(model["bias"], dtype=np.float32) if "bias" in model else None
     return CentroidPredictionStream(val_source, model["input"], model["input"] == "image",
                                     np.asarray(model["centroids"], dtype=np.float32), model["metric"], (crop, crop),
-                                    resolve_device(device))
+                                    resolve_device(device), bias=bias)
 
 
 def score_predictions(predictions: ShardStore, val_images: ShardStore, dataset: dict[str, Any],

@@ -9,6 +9,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from unseg.pipelines.evaluation.nodes import (
     compare_methods,
     fit_feature_kmeans,
+    fit_probe,
     fit_rgb_kmeans,
     plot_qualitative,
     predict_with_centroids,
@@ -20,7 +21,8 @@ BASELINES = {
     "rgb_kmeans": (fit_rgb_kmeans, "prm_train_images", "prm_val_images"),
     "kmeans": (fit_feature_kmeans, "feat_train", "feat_val"),
 }
-METHODS = tuple(BASELINES)
+# unsupervised methods first, the supervised upper bound last
+METHODS = (*BASELINES, "linear_probe")
 
 
 def baseline_pipeline(method: str) -> Pipeline:
@@ -37,6 +39,22 @@ def baseline_pipeline(method: str) -> Pipeline:
         parameters={"params:kmeans": f"params:evaluation.{method}", "params:dataset": "params:dataset",
                     "params:seed": "params:seed", "params:device": "params:device"},
     ) + scoring_pipeline(method)
+
+
+def probe_pipeline() -> Pipeline:
+    """The supervised upper bound (`linear_probe`): trained on train labels, evaluation only."""
+    return pipeline(
+        [
+            node(fit_probe, ["feat_train", "prm_train_images", "params:probe", "params:dataset", "params:seed",
+                             "params:device"], "model", name="fit"),
+            node(predict_with_centroids, ["model", "feat_val", "params:dataset", "params:device"], "val_predictions",
+                 name="predict"),
+        ],
+        namespace="linear_probe",
+        inputs={"feat_train", "prm_train_images", "feat_val"},
+        parameters={"params:probe": "params:evaluation.linear_probe", "params:dataset": "params:dataset",
+                    "params:seed": "params:seed", "params:device": "params:device"},
+    ) + scoring_pipeline("linear_probe")
 
 
 def scoring_pipeline(method: str) -> Pipeline:
@@ -58,4 +76,4 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(plot_qualitative, ["prm_val_images", "params:evaluation.overlay_images", "params:dataset", *outputs],
              "rpt_overlay_grid", name="plot_qualitative"),
     ])
-    return sum((baseline_pipeline(m) for m in METHODS), Pipeline([])) + report
+    return sum((baseline_pipeline(m) for m in BASELINES), Pipeline([])) + probe_pipeline() + report
