@@ -69,7 +69,8 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots/confusion")}
     assert {"plots/overlay_grid.png", "plots/iou_per_class.png", "plots/confusion/confusion_kmeans.png",
             "plots/confusion/confusion_rgb_kmeans.png"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {"reports/comparison_table.md"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {"reports/comparison_table.md",
+                                                                                "reports/runs_summary.md"}
     scores = json.loads(next((project_copy / "data/07_model_output/kmeans_scores.json").glob("*/*.json")).read_text())
     assert scores["miou"] == pytest.approx(metrics["eval/kmeans/miou"])
 

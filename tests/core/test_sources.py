@@ -343,7 +343,7 @@ def test_load_image_ok(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- DatasetConfig
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"source": "s3"}, "unknown dataset.source 's3'; valid: folder, synthetic"),
+    ({"source": "s3"}, "unknown dataset.source 's3'; valid: cityscapes27, cocostuff27, folder, potsdam3, synthetic"),
     ({"num_classes": 0}, "num_classes must be >= 1"),
     ({"ignore_index": 0}, "ignore_index 0 is a class id"),
     ({"ignore_index": 3}, "ignore_index 3 is a class id"),
@@ -365,7 +365,7 @@ def test_dataset_config_valid_values(tmp_path: Path) -> None:
     assert config(tmp_path).label_dtype == "uint8"
     assert config(tmp_path, ignore_index=-1).label_dtype == "int32"
     assert config(tmp_path, num_classes=300, ignore_index=300).label_dtype == "int32"
-    assert set(SOURCES) == {"folder", "synthetic"}
+    assert set(SOURCES) == {"folder", "synthetic", "cocostuff27", "cityscapes27", "potsdam3"}
 
 
 def test_from_params(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ label values) happen when the images are prepared (`unseg.core.data.prepare`).
 
 Sources here: `folder` (ROOT/images/<split>/*.{jpg,jpeg,png} with optional ROOT/labels/<split>/<stem>.png holding
 class ids) and `synthetic` (the embedded default: generated deterministically from the seed, written once in the
-folder layout, then read as a folder).
+folder layout, then read as a folder). The benchmark data sets register themselves through `register_source` from
+their own modules (`cocostuff27`, `cityscapes27`, `potsdam3`; imported by the package, see `unseg.core.data`): each
+brings its index builder, its class names, the `dataset.options` it reads, and a `LabelMap` from the raw ids in its
+label files to class ids, which `load_label` applies before the range check. Label and image files ending in `.mat`
+(MATLAB v5, the Potsdam crops) hold one array under the key `img` (H, W, C) or `gt` (H, W).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.io
 from PIL import Image, UnidentifiedImageError
 
 from unseg.core.data import synthetic
@@ -33,6 +38,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 INDEX_COLUMNS = ("image_id", "split", "image_path", "label_path", "width", "height")
 BAD_FILE_POLICIES = ("raise", "skip")
 SPLIT_ROLES = ("train", "val")
+# the array names in .mat image / label files (the IIC/STEGO Potsdam crops: imgs/<id>.mat "img", gt/<id>.mat "gt")
+MAT_IMAGE_KEY = "img"
+MAT_LABEL_KEY = "gt"
 
 
 class BadFileError(ValueError):
@@ -62,6 +70,8 @@ class DatasetConfig:
         crop: ... then a centre crop of crop x crop (320 in the papers; 322 for DINOv2 /14 backbones).
         seed: seeds the synthetic generator.
         synthetic: SyntheticConfig fields for the `synthetic` source.
+        options: settings only one source reads (e.g. cocostuff27 `curated_list`, potsdam3 `unlabelled_train`);
+            keys are checked against the source's registered defaults, which fill the keys left out.
     """
 
     source: str
@@ -77,10 +87,17 @@ class DatasetConfig:
     crop: int = 320
     seed: int = 0
     synthetic: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown dataset.source {self.source!r}; valid: {', '.join(sorted(SOURCES))}")
+        defaults = SOURCE_OPTIONS.get(self.source, {})
+        unknown = set(self.options or {}) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown dataset.options {sorted(unknown)} for the {self.source} source; valid: "
+                             f"{sorted(defaults) if defaults else 'none'}")
+        object.__setattr__(self, "options", {**defaults, **(self.options or {})})
         own = SOURCE_CLASSES.get(self.source, {})
         if own and len(own["class_names"]) != self.num_classes:
             raise ValueError(f"the {self.source} source has {len(own['class_names'])} classes; "
@@ -153,10 +170,59 @@ class BadFiles:
         self.skipped.append({"id": image_id, "path": str(path), "problem": problem})
 
 
-def _header_size(path: Path) -> tuple[int, int]:
+def header_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     with Image.open(path) as img:
         return img.size
+
+
+SizeReader = Callable[[Path], tuple[int, int]]
+# what a size reader raises on a broken file (PIL: UnidentifiedImageError is an OSError, SyntaxError = broken chunk)
+_UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
+def index_row(bad: BadFiles, image_id: str, role: str, image: Path, label: Path | None,
+              image_size: SizeReader = header_size, label_size: SizeReader = header_size
+              ) -> tuple[str, str, str, str, int, int] | None:
+    """One row of the index table, from file headers only; None where a file is bad (then reported to `bad`).
+
+    Args:
+        bad: the on_bad_file policy that reports an unreadable image or label, or a label of another size.
+        image_id / role: the row's id and split role.
+        image: the image file; label: its label file, or None where the split has no labels.
+        image_size / label_size: (width, height) from a file's header; raise OSError or ValueError when unreadable.
+    """
+    try:
+        width, height = image_size(image)
+    except _UNREADABLE as err:
+        bad.report(image_id, image, f"unreadable image ({err.__class__.__name__}: {err})")
+        return None
+    if label is None:
+        return image_id, role, str(image), "", width, height
+    try:
+        label_wh = label_size(label)
+    except _UNREADABLE as err:
+        bad.report(image_id, label, f"unreadable label ({err.__class__.__name__}: {err})")
+        return None
+    if label_wh != (width, height):
+        bad.report(image_id, label, f"label size {label_wh[0]}x{label_wh[1]} differs from image {image.name} size "
+                                    f"{width}x{height}")
+        return None
+    return image_id, role, str(image), str(label), width, height
+
+
+def make_index(rows: list[tuple[str, str, str, str, int, int]], skipped: list[dict[str, str]],
+               root: Path) -> IndexResult:
+    """The index table of `rows` (INDEX_COLUMNS order).
+
+    Raises:
+        BadFileError: (naming root) an image id appears twice.
+    """
+    table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype({"width": "int32", "height": "int32"})
+    duplicated = table["image_id"][table["image_id"].duplicated()]
+    if len(duplicated):
+        raise BadFileError(root, f"image ids appear in more than one split or twice: {sorted(set(duplicated))[:5]}")
+    return IndexResult(table, skipped)
 
 
 # ---------------------------------------------------------------------------------------------------- folder source
@@ -188,36 +254,16 @@ def index_folder(config: DatasetConfig, root: Path | None = None) -> IndexResult
         if role == "val" and not has_labels:
             raise FileNotFoundError(f"{label_dir}: the val split needs labels for evaluation")
         for path in images:
-            image_id = path.stem
-            try:
-                width, height = _header_size(path)
-            except (OSError, UnidentifiedImageError) as err:
-                bad.report(image_id, path, f"unreadable image ({err.__class__.__name__}: {err})")
+            label = label_dir / f"{path.stem}.png" if has_labels else None
+            if label is not None and not label.is_file():
+                bad.report(path.stem, label, f"missing label for image {path.name}")
                 continue
-            label_path = ""
-            if has_labels:
-                label = label_dir / f"{path.stem}.png"
-                if not label.is_file():
-                    bad.report(image_id, label, f"missing label for image {path.name}")
-                    continue
-                try:
-                    label_size = _header_size(label)
-                except (OSError, UnidentifiedImageError) as err:
-                    bad.report(image_id, label, f"unreadable label ({err.__class__.__name__}: {err})")
-                    continue
-                if label_size != (width, height):
-                    bad.report(image_id, label, f"label size {label_size[0]}x{label_size[1]} differs from image "
-                                                f"{path.name} size {width}x{height}")
-                    continue
-                label_path = str(label)
-            rows.append((image_id, role, str(path), label_path, width, height))
+            row = index_row(bad, path.stem, role, path, label)
+            if row is not None:
+                rows.append(row)
         if not any(r[1] == role for r in rows):
             raise BadFileError(image_dir, "empty split, every image was skipped as bad")
-    table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype({"width": "int32", "height": "int32"})
-    duplicated = table["image_id"][table["image_id"].duplicated()]
-    if len(duplicated):
-        raise BadFileError(root, f"image ids appear in more than one split or twice: {sorted(set(duplicated))[:5]}")
-    return IndexResult(table, bad.skipped)
+    return make_index(rows, bad.skipped, root)
 
 
 # ------------------------------------------------------------------------------------------------- synthetic source
@@ -257,6 +303,63 @@ def index_synthetic(config: DatasetConfig) -> IndexResult:
     return index_folder(config, materialise_synthetic(config))
 
 
+# ---------------------------------------------------------------------------------------------------- label maps
+class LabelMap:
+    """Raw ids in a data set's label files -> class ids, through a lookup table.
+
+    Args:
+        classes: raw id -> class id in [0, K).
+        ignored: raw ids that mean "unlabelled"; they become ignore_index.
+    Raw ids in neither are unexpected: calling the map raises ValueError naming them.
+    """
+
+    def __init__(self, classes: Mapping[int, int], ignored: tuple[int, ...] = ()) -> None:
+        shared = set(classes) & set(ignored)
+        if shared:
+            raise ValueError(f"raw ids {sorted(shared)} are both classes and ignored")
+        self.classes = dict(classes)
+        self.ignored = tuple(ignored)
+        known = [*self.classes, *self.ignored]
+        self._low = min(known)
+        # lookup table over [low, high]: class id, -1 for ignored, -2 for unexpected
+        self._table = np.full(max(known) - self._low + 1, -2, dtype=np.int64)
+        for raw, class_id in self.classes.items():
+            self._table[raw - self._low] = class_id
+        self._table[np.asarray(self.ignored, dtype=np.int64) - self._low] = -1
+
+    def describe(self) -> str:
+        """The raw ids the map accepts, as ranges: "0..181, 255"."""
+        ids, spans = sorted([*self.classes, *self.ignored]), []
+        for value in ids:
+            if spans and value == spans[-1][1] + 1:
+                spans[-1][1] = value
+            else:
+                spans.append([value, value])
+        return ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in spans)
+
+    def __call__(self, raw: np.ndarray, ignore_index: int) -> np.ndarray:
+        """Class ids of raw label ids.
+
+        Args:
+            raw: (H, W) integer array of raw ids.
+            ignore_index: the value written for ignored raw ids.
+
+        Returns:
+            (H, W) int64 array of class ids in [0, K) or ignore_index.
+
+        Raises:
+            ValueError: raw holds ids the map does not know (the message lists up to 10 of them).
+        """
+        offset = np.asarray(raw, dtype=np.int64) - self._low
+        inside = (offset >= 0) & (offset < len(self._table))
+        mapped = np.where(inside, self._table[np.where(inside, offset, 0)], -2)
+        unexpected = mapped == -2
+        if unexpected.any():
+            values = np.unique(raw[unexpected])
+            raise ValueError(f"unexpected label ids {values[:10].tolist()}; the raw ids are {self.describe()}")
+        return np.where(mapped == -1, ignore_index, mapped)
+
+
 # ------------------------------------------------------------------------------------------------------- registry
 SOURCES: dict[str, Callable[[DatasetConfig], IndexResult]] = {
     "folder": index_folder,
@@ -267,6 +370,37 @@ SOURCE_CLASSES: dict[str, dict[str, tuple[Any, ...]]] = {
     "synthetic": {"class_names": synthetic.CLASS_NAMES, "thing_classes": synthetic.THING_CLASSES,
                   "stuff_classes": synthetic.STUFF_CLASSES},
 }
+# raw label ids -> class ids, applied by load_label before the range check (none: the files hold class ids)
+LABEL_MAPS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {}
+# the dataset.options keys a source reads, with their defaults (sources not listed take no options)
+SOURCE_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def register_source(name: str, index: Callable[[DatasetConfig], IndexResult], *,
+                    classes: Mapping[str, tuple[Any, ...]] | None = None,
+                    label_map: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                    options: Mapping[str, Any] | None = None) -> None:
+    """Registers a data source under `name` (the value of dataset.source).
+
+    Args:
+        name: the source's name.
+        index: builds the index table from a DatasetConfig (file headers only).
+        classes: the source's own class_names (and thing_classes / stuff_classes where it defines them).
+        label_map: raw label ids -> class ids (raising ValueError on unexpected ids), applied by load_label.
+        options: the dataset.options keys the source reads, with their defaults.
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if name in SOURCES:
+        raise ValueError(f"dataset source {name!r} is already registered")
+    SOURCES[name] = index
+    if classes:
+        SOURCE_CLASSES[name] = dict(classes)
+    if label_map is not None:
+        LABEL_MAPS[name] = label_map
+    if options:
+        SOURCE_OPTIONS[name] = dict(options)
 
 
 def build_index(config: DatasetConfig) -> IndexResult:
@@ -277,25 +411,54 @@ def build_index(config: DatasetConfig) -> IndexResult:
 _LABEL_MODES = ("L", "P", "I", "I;16", "1")
 
 
+def _read_mat(path: str | Path, key: str, what: str) -> np.ndarray:
+    """The array `key` of a MATLAB v5 file.
+
+    Raises:
+        BadFileError: the file cannot be read, or holds no array `key`.
+    """
+    try:
+        content = scipy.io.loadmat(path, variable_names=[key])
+    except Exception as err:  # scipy raises OSError, ValueError, IndexError, MatReadError ... on broken files
+        raise BadFileError(path, f"corrupt or unreadable {what} ({err.__class__.__name__}: {err})") from err
+    if key not in content:
+        names = [name for name, _, _ in scipy.io.whosmat(path)]
+        raise BadFileError(path, f"{what} .mat file has no array {key!r} (it has {names})")
+    return np.asarray(content[key])
+
+
 def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
-    """Decodes a label map of class ids and checks its values.
+    """Decodes a label map, maps its raw ids to class ids (where the source has a LabelMap) and checks its values.
 
     Returns:
         (H, W) array of ids in [0, num_classes) or ignore_index.
 
     Raises:
-        BadFileError: unreadable or corrupt, not a single-channel image, or values outside [0, num_classes) other
-            than ignore_index.
+        BadFileError: unreadable or corrupt, not a single-channel image (or 2-D integer .mat array), raw ids the
+            source's label map does not know, or values outside [0, num_classes) other than ignore_index.
     """
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in _LABEL_MODES:
-                label = np.asarray(img).astype(np.int64)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:  # PIL: SyntaxError = broken PNG chunk
-        raise BadFileError(path, f"corrupt or unreadable label ({err.__class__.__name__}: {err})") from err
-    if mode not in _LABEL_MODES:
-        raise BadFileError(path, f"label has mode {mode}; expected a single-channel image of class ids")
+    if Path(path).suffix.lower() == ".mat":
+        label = _read_mat(path, MAT_LABEL_KEY, "label")
+        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+            raise BadFileError(path, f"label array {MAT_LABEL_KEY!r} has shape {label.shape} and dtype "
+                                     f"{label.dtype}; expected a 2-D integer array of class ids")
+        label = label.astype(np.int64)
+    else:
+        try:
+            with Image.open(path) as img:
+                mode = img.mode
+                if mode in _LABEL_MODES:
+                    label = np.asarray(img).astype(np.int64)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:  # PIL: SyntaxError = broken chunk
+            raise BadFileError(path, f"corrupt or unreadable label ({err.__class__.__name__}: {err})") from err
+        if mode not in _LABEL_MODES:
+            raise BadFileError(path, f"label has mode {mode}; expected a single-channel image of class ids")
+    label_map = LABEL_MAPS.get(config.source)
+    if label_map is not None:
+        try:
+            label = label_map(label, config.ignore_index)
+        except ValueError as err:
+            raise BadFileError(path, f"{err} (dataset.source {config.source})") from err
     invalid = (label >= config.num_classes) & (label != config.ignore_index) | (label < 0)
     if invalid.any():
         values = np.unique(label[invalid])
@@ -307,9 +470,20 @@ def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
 def load_image(path: str | Path) -> np.ndarray:
     """Decodes an image to uint8 RGB (H, W, 3).
 
+    A .mat file holds the array `img` (H, W) or (H, W, C >= 3) uint8; channels past the third (the infrared of the
+    Potsdam RGB-IR crops) are dropped.
+
     Raises:
-        BadFileError: the file cannot be decoded.
+        BadFileError: the file cannot be decoded, or a .mat array is not uint8 (H, W) / (H, W, >= 3).
     """
+    if Path(path).suffix.lower() == ".mat":
+        array = _read_mat(path, MAT_IMAGE_KEY, "image")
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] < 3):
+            raise BadFileError(path, f"image array {MAT_IMAGE_KEY!r} has shape {array.shape} and dtype {array.dtype};"
+                                     f" expected uint8 (H, W) or (H, W, C >= 3)")
+        if array.ndim == 2:
+            return np.repeat(array[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(array[:, :, :3])
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
