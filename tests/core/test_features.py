@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unseg.core.backbones import Backbone, create_backbone
-from unseg.core.features import FeatureStream, extract, images_to_tensor
+from unseg.core.features import FeatureStream, extract, images_to_tensor, weights_id
 from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
 
 CPU = torch.device("cpu")
@@ -107,14 +107,14 @@ def test_extract_nothing(backbone: Backbone) -> None:
     assert out.shape == (0, 152, 2, 4) and out.dtype == np.float16
 
 
-@pytest.mark.parametrize("side", [24, 40])
-def test_crop_must_be_a_multiple_of_the_input_multiple(tmp_path: Path, backbone: Backbone, side: int) -> None:
+@pytest.mark.parametrize("side, grid", [(24, 2), (40, 4)])
+def test_crop_not_a_multiple_is_resized_down(tmp_path: Path, backbone: Backbone, side: int, grid: int) -> None:
+    """The backbone's policy: sides resized down to the nearest multiple of 16, so the grid is floor(side/16)*2."""
     images = image_store(tmp_path, count=2, side=side)
-    with pytest.raises(ValueError) as info:
-        FeatureStream(images, backbone, CPU, batch_size=2, weights_id="random")
-    message = str(info.value)
-    assert "efficientnet_lite0" in message and "multiples of 16" in message
-    assert f"{side}x{side}" in message and "dataset.crop" in message
+    stream = FeatureStream(images, backbone, CPU, batch_size=2, weights_id="random")
+    assert stream.fields["feat"].shape == (152, grid, grid)
+    write_store(stream, tmp_path / "feat", progress=False)
+    assert ShardStore(tmp_path / "feat").item(0)["feat"].shape == (152, grid, grid)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -132,3 +132,12 @@ def test_feature_stream_on_cuda(tmp_path: Path) -> None:
     assert got.shape == reference.shape and np.isfinite(got).all()
     # bf16 autocast on CUDA: close to the fp32 CPU result, not equal
     assert np.linalg.norm(got - reference) / np.linalg.norm(reference) < 0.05
+
+
+def test_weights_id_changes_when_the_file_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"a")
+    first = weights_id(path, True)
+    path.write_bytes(b"bb")
+    assert weights_id(path, True) != first and str(path) in first
+    assert weights_id(None, True) == "default" and weights_id(None, False) == "random"

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,15 @@ from unseg.core.backbones import Backbone
 from unseg.core.store import FieldSpec, Shard, ShardStore, fingerprint
 
 logger = logging.getLogger(__name__)
+
+
+def weights_id(weights: str | Path | None, pretrained: bool) -> str:
+    """What identifies a backbone's weights in a store's fingerprint: a file by path, size and mtime (a replaced
+    file at the same path never resumes onto shards of the old one), else "default" or "random"."""
+    if weights:
+        stat = Path(weights).expanduser().stat()
+        return f"{weights}:{stat.st_size}:{stat.st_mtime_ns}"
+    return "default" if pretrained else "random"
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -75,9 +85,10 @@ class FeatureStream:
         cfg = self.backbone.cfg
         height, width = self.images.fields["image"].shape[:2]
         if height % cfg.input_multiple or width % cfg.input_multiple:
-            raise ValueError(f"backbone {cfg.name} needs image sides that are multiples of {cfg.input_multiple}; "
-                             f"the prepared crop is {height}x{width} (set dataset.crop accordingly)")
-        grid = (height // cfg.stride, width // cfg.stride)
+            logger.warning("backbone %s: the prepared crop %dx%d is not a multiple of %d; images are resized down to "
+                           "the nearest multiple (set dataset.crop to a multiple to avoid it)", cfg.name, height,
+                           width, cfg.input_multiple)
+        grid = cfg.grid(height, width)
         self.fields = {"feat": FieldSpec("float16", (cfg.dim, *grid))}
         self.attrs = {"backbone": cfg.name, "stride": cfg.stride, "dim": cfg.dim, "weights": self.weights_id,
                       "images": self.images.fingerprint, "split": self.images.attrs.get("split")}

