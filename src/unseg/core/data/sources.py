@@ -68,7 +68,8 @@ class DatasetConfig:
         on_bad_file: "raise" stops at the first bad file; "skip" logs it, leaves it out and counts it.
         resize: evaluation resolution: the shorter side is resized to this (bilinear; labels nearest) ...
         crop: ... then a centre crop of crop x crop (320 in the papers; 322 for DINOv2 /14 backbones).
-        seed: seeds the synthetic generator.
+        seed: seeds the synthetic generator unless `synthetic` has its own `seed` (the default config does, so that
+            runs with different method seeds compare on the same scenes).
         synthetic: SyntheticConfig fields for the `synthetic` source.
         options: settings only one source reads (e.g. cocostuff27 `curated_list`, potsdam3 `unlabelled_train`);
             keys are checked against the source's registered defaults, which fill the keys left out.
@@ -273,7 +274,7 @@ def materialise_synthetic(config: DatasetConfig) -> Path:
     A marker file records the generator config; a root whose marker matches is reused as it is. A new set is
     written beside the root and swapped in only when complete, so a killed run never leaves half a data set.
     """
-    gen = synthetic.SyntheticConfig(**config.synthetic, seed=config.seed)
+    gen = synthetic.SyntheticConfig(**{"seed": config.seed, **config.synthetic})  # its own seed wins
     root = Path(config.root)
     marker = {"generator": "unseg.synthetic", "config": {k: getattr(gen, k) for k in gen.__dataclass_fields__},
               "splits": dict(config.splits)}
