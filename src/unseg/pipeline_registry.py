@@ -1,11 +1,13 @@
-"""Pipelines: one per stage, named combinations, and `__default__` chaining them all."""
+"""Pipelines: one per stage, and `__default__` chaining them all (but `predict`, which needs a folder of yours)."""
 
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+# registered, but not part of __default__
+ON_DEMAND = ("predict",)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    pipelines["__default__"] = sum((p for name, p in pipelines.items() if name not in ON_DEMAND), Pipeline([]))
     return pipelines
