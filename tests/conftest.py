@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +24,13 @@ def project_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_active_mlflow_run() -> Iterator[None]:
+    """MLflow keeps the active run in process state; a run left open by one test must not leak into the next."""
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()

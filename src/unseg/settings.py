@@ -9,6 +9,8 @@ from unseg.hooks import MlflowTagsHook
 # No run ever tries the network: kedro-telemetry is also switched off by the project's .telemetry file.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# OpenMP threads that spin between parallel regions slow the DataLoader workers and faiss on small CPUs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
