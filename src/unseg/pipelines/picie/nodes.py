@@ -1,0 +1,75 @@
+"""PiCIE nodes: train the network (checkpointed), its features of both splits, the final k-means, val predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from unseg.core.devices import resolve_device
+from unseg.core.evaluate import CentroidPredictionStream
+from unseg.core.kmeans import fit_kmeans
+from unseg.core.picie import (
+    ClusterConfig,
+    EvalConfig,
+    LossConfig,
+    NetworkConfig,
+    PiCIEFeatureStream,
+    PiCIENet,
+    TrainConfig,
+    ViewConfig,
+    state_fingerprint,
+    train_picie,
+)
+from unseg.core.store import ShardStore
+
+
+def _with_k(params: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    values = dict(params)
+    values["num_clusters"] = values.get("num_clusters") or num_classes  # null: one cluster per class
+    return values
+
+
+def train(train_images: ShardStore, val_images: ShardStore, network: dict[str, Any], views: dict[str, Any],
+          clustering: dict[str, Any], loss: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any],
+          dataset: dict[str, Any], seed: int,
+          device: str) -> tuple[PiCIENet, PiCIENet, dict[str, list[dict[str, float]]], dict[str, Any]]:
+    """Trains PiCIE (resuming from its checkpoint folder); returns the network twice (catalog copy and MLflow
+    model), the per-epoch metrics history and a summary of the run (init used, fingerprint, resumed epoch)."""
+    result = train_picie(train_images, val_images, NetworkConfig(**network), ViewConfig(**views),
+                         ClusterConfig(**_with_k(clustering, dataset["num_classes"])), LossConfig(**loss),
+                         TrainConfig(**training), EvalConfig(**_with_k(evaluation, dataset["num_classes"])),
+                         dataset["num_classes"], seed, resolve_device(device))
+    return result.network, result.network, result.history, result.info
+
+
+def extract_features(state: PiCIENet | Mapping[str, torch.Tensor], train_images: ShardStore, val_images: ShardStore,
+                     network: dict[str, Any], views: dict[str, Any], evaluation: dict[str, Any],
+                     device: str) -> tuple[PiCIEFeatureStream, PiCIEFeatureStream]:
+    """Lazy streams of the trained network's features (raw, float16, stride 4) of the train and val images."""
+    net = PiCIENet(NetworkConfig(**network).arch)
+    net.load_state_dict(state.state_dict() if isinstance(state, torch.nn.Module) else state)
+    weights_id = state_fingerprint(net)
+    target = resolve_device(device)
+    return tuple(PiCIEFeatureStream(store, net, target, evaluation["batch_size"], views["input_size"], weights_id)
+                 for store in (train_images, val_images))  # type: ignore[return-value]
+
+
+def fit_eval_kmeans(train_features: ShardStore, evaluation: dict[str, Any], dataset: dict[str, Any],
+                    seed: int) -> dict[str, Any]:
+    """The paper's final evaluation: a fresh k-means (K_test) on the un-augmented train features (cosine)."""
+    config = EvalConfig(**_with_k(evaluation, dataset["num_classes"])).kmeans(seed)
+    vectors = train_features.sample_vectors("feat", config.sample_size, seed)
+    return {"input": "feat", "metric": config.metric, "centroids": fit_kmeans(vectors, config).tolist(),
+            "backbone": train_features.attrs.get("backbone"), "weights": train_features.attrs.get("weights")}
+
+
+def predict(kmeans: dict[str, Any], val_features: ShardStore, dataset: dict[str, Any],
+            device: str) -> CentroidPredictionStream:
+    """Lazy val predictions: cosine scores at stride 4, upsampled bilinearly to the crop, argmax."""
+    crop = dataset["crop"]
+    return CentroidPredictionStream(val_features, kmeans["input"], False,
+                                    np.asarray(kmeans["centroids"], dtype=np.float32), kmeans["metric"],
+                                    (crop, crop), resolve_device(device))

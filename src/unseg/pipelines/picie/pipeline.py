@@ -1,0 +1,30 @@
+"""PiCIE: prepared images -> trained network (checkpointed per epoch) -> its features -> fresh k-means -> val
+predictions (`picie.val_predictions`, scored by the evaluation pipeline like every method)."""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from unseg.pipelines.picie.nodes import extract_features, fit_eval_kmeans, predict, train
+
+GLOBAL_PARAMS = {"params:dataset", "params:seed", "params:device"}
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    return pipeline(
+        [
+            node(train, ["prm_train_images", "prm_val_images", "params:network", "params:views", "params:clustering",
+                         "params:loss", "params:train", "params:eval", "params:dataset", "params:seed",
+                         "params:device"],
+                 ["network", "mlflow_model", "metrics", "train_info"], name="train"),
+            node(extract_features, ["network", "prm_train_images", "prm_val_images", "params:network", "params:views",
+                                    "params:eval", "params:device"],
+                 ["feat_picie_train", "feat_picie_val"], name="extract_features"),
+            node(fit_eval_kmeans, ["feat_picie_train", "params:eval", "params:dataset", "params:seed"], "kmeans",
+                 name="fit_kmeans"),
+            node(predict, ["kmeans", "feat_picie_val", "params:dataset", "params:device"], "val_predictions",
+                 name="predict"),
+        ],
+        namespace="picie",
+        inputs={"prm_train_images", "prm_val_images"},
+        outputs={"feat_picie_train", "feat_picie_val"},
+        parameters=GLOBAL_PARAMS,
+    )
