@@ -1,11 +1,14 @@
 """The evaluation pipeline run by Kedro's SequentialRunner after real ingestion and features runs.
 
 The chain is run in slices, as a reader would with --to-nodes / --from-nodes / --nodes: ingestion + features, the
-fits, predict + score of both baselines, then the report nodes; and a re-run of one method with other settings.
+fits, predict + score of every method, then the report nodes; and a re-run of one method with other settings. The
+learned methods (PiCIE, PriMaPs-EM) have their own pipelines and tests; here copies of the kmeans predictions stand in
+for their `<method>.val_predictions`, which is all the evaluation pipeline reads of them.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,11 @@ from unseg.core.evaluate import matched_confusion
 from unseg.core.store import ShardStore
 from unseg.datasets import ShardStoreDataset
 from unseg.pipelines import evaluation, features, ingestion
-from unseg.pipelines.evaluation.pipeline import BASELINES, METHODS
+from unseg.pipelines.evaluation.pipeline import BASELINES, LEARNED, METHODS
 
 NUM_TRAIN, NUM_VAL, CROP, OVERLAY_ROWS = 12, 6, 32, 3
 CLASS_NAMES = ["stripes", "dots", "grain", "waves", "checker", "disc", "square", "triangle"]
+FITTED = (*BASELINES, "linear_probe")  # methods this pipeline fits and predicts itself
 PREDICTIONS = tuple(f"{m}.val_predictions" for m in METHODS)
 STORES = ("prm_train_images", "prm_val_images", "feat_train", "feat_val", *PREDICTIONS)
 
@@ -63,9 +67,11 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, pipeline_params: Callabl
     full = full_pipeline()
     catalog = make_catalog(tmp / "data", params, full)
     run_pipeline(full.to_nodes("extract_features"), catalog)
-    run_pipeline(full.only_nodes(*(f"{m}.fit" for m in METHODS)), catalog)
-    scored = run_pipeline(full.from_nodes(*(f"{m}.predict" for m in METHODS))
-                          .to_nodes(*(f"{m}.score" for m in METHODS)), catalog)
+    run_pipeline(full.only_nodes(*(f"{m}.fit" for m in FITTED)), catalog)
+    run_pipeline(full.only_nodes(*(f"{m}.predict" for m in FITTED)), catalog)
+    for method in LEARNED:
+        shutil.copytree(tmp / "data" / "kmeans.val_predictions", tmp / "data" / f"{method}.val_predictions")
+    scored = run_pipeline(full.only_nodes(*(f"{m}.score" for m in METHODS)), catalog)
     reports = run_pipeline(full.only_nodes("compare_methods", "plot_qualitative"), catalog)
     return {"tmp": tmp, "params": params, "catalog": catalog, "scored": scored, "reports": reports}
 
@@ -76,10 +82,12 @@ def labelled_pixels(val: ShardStore) -> int:
 
 def test_pipeline_shape() -> None:
     pipe = evaluation.create_pipeline()
-    assert METHODS == ("rgb_kmeans", "kmeans", "linear_probe")
-    assert {n.name for n in pipe.nodes} == {f"{m}.{step}" for m in METHODS for step in ("fit", "predict", "score")} | {
-        "compare_methods", "plot_qualitative"}
-    assert pipe.inputs() >= {"prm_train_images", "prm_val_images", "feat_train", "feat_val"}
+    assert METHODS == ("rgb_kmeans", "kmeans", "picie", "primaps_em", "primaps_em_crf", "primaps_em_student",
+                       "picie_primaps_em", "picie_primaps_em_crf", "picie_primaps_em_student", "linear_probe")
+    assert {n.name for n in pipe.nodes} == {f"{m}.{step}" for m in FITTED for step in ("fit", "predict")} | {
+        f"{m}.score" for m in METHODS} | {"compare_methods", "plot_qualitative"}
+    assert {i for i in pipe.inputs() if not i.startswith("params:")} == {"prm_train_images", "prm_val_images", "feat_train", "feat_val",
+                             *(f"{m}.val_predictions" for m in LEARNED)}
     assert pipe.outputs() == {"evaluation_metrics", "rpt_comparison_table", "rpt_comparison_markdown",
                               "rpt_confusion_plots", "rpt_iou_bars", "rpt_overlay_grid"}
 
@@ -199,7 +207,7 @@ def test_rerun_of_one_method_with_over_clustering(evaluated: dict[str, Any], mak
     assert list(table["method"]) == list(METHODS)
     assert list(table.columns) == ["method", "num_clusters", "acc", "miou", "miou_things", "miou_stuff",
                                    "majority_acc", "majority_miou"]
-    assert list(table["num_clusters"]) == [8, 12, 8]
+    assert list(table["num_clusters"]) == [8, 12, *[8] * (len(METHODS) - 2)]
     assert table.loc[0, ["majority_acc", "majority_miou"]].isna().all()  # rgb_kmeans did not over-cluster
     assert table.loc[1, "majority_acc"] == pytest.approx(record["majority_acc"], abs=0.005)
     assert "eval/kmeans/majority_miou" in reports["evaluation_metrics"]

@@ -21,8 +21,11 @@ BASELINES = {
     "rgb_kmeans": (fit_rgb_kmeans, "prm_train_images", "prm_val_images"),
     "kmeans": (fit_feature_kmeans, "feat_train", "feat_val"),
 }
+# methods whose own pipelines (picie, primaps) write <method>.val_predictions; scored here like the baselines
+LEARNED = ("picie", "primaps_em", "primaps_em_crf", "primaps_em_student", "picie_primaps_em", "picie_primaps_em_crf",
+           "picie_primaps_em_student")
 # unsupervised methods first, the supervised upper bound last
-METHODS = (*BASELINES, "linear_probe")
+METHODS = (*BASELINES, *LEARNED, "linear_probe")
 
 
 def baseline_pipeline(method: str) -> Pipeline:
@@ -76,4 +79,5 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(plot_qualitative, ["prm_val_images", "params:evaluation.overlay_images", "params:dataset", *outputs],
              "rpt_overlay_grid", name="plot_qualitative"),
     ])
-    return sum((baseline_pipeline(m) for m in BASELINES), Pipeline([])) + probe_pipeline() + report
+    scored = sum((scoring_pipeline(m) for m in LEARNED), Pipeline([]))
+    return sum((baseline_pipeline(m) for m in BASELINES), Pipeline([])) + scored + probe_pipeline() + report
