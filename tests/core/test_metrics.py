@@ -207,7 +207,7 @@ def test_accumulator_matches_one_shot(num_clusters: int) -> None:
 
     accumulator = ConfusionAccumulator(num_classes=5, num_clusters=num_clusters)
     accumulator.update(labels[:1], preds[:1])  # a batch of one
-    for label, pred in zip(labels[1:4], preds[1:4]):  # single images
+    for label, pred in zip(labels[1:4], preds[1:4], strict=True):  # single images
         accumulator.update(label, pred)
     accumulator.update(labels[4:], preds[4:])  # a batch
 

@@ -136,7 +136,7 @@ def test_same_config_is_identical() -> None:
         again = SyntheticConfig(num_train=4, num_val=3, height=48, width=56)
         second = list(iter_split(again, split))
         assert [i for i, _, _ in first] == [i for i, _, _ in second]
-        for (_, im_a, lb_a), (_, im_b, lb_b) in zip(first, second):
+        for (_, im_a, lb_a), (_, im_b, lb_b) in zip(first, second, strict=True):
             np.testing.assert_array_equal(im_a, im_b)
             np.testing.assert_array_equal(lb_a, lb_b)
 

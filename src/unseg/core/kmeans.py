@@ -20,7 +20,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 METRICS = ("cosine", "euclidean")
-SCORE_METRICS = (*METRICS, "linear")  # "linear": a linear classifier (the supervised probe), weights in place of centroids
+# "linear": a linear classifier (the supervised probe), weights in place of centroids
+SCORE_METRICS = (*METRICS, "linear")
 
 
 @dataclass(frozen=True)

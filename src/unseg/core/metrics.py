@@ -254,7 +254,7 @@ class SegmentationScores:
                 f"got {len(class_names)} class names for {len(self.iou)} classes"
             )
         scores = {f"{prefix}acc": float(self.acc), f"{prefix}miou": float(self.miou)}
-        for name, value in zip(class_names, self.iou):
+        for name, value in zip(class_names, self.iou, strict=True):
             if not np.isnan(value):
                 scores[f"{prefix}iou/{name}"] = float(value)
         return scores

@@ -14,7 +14,8 @@ import pandas as pd
 # output column -> the flattened run parameter it comes from
 GROUPS = {"dataset": "params.dataset.source", "dataset_root": "params.dataset.root",
           "backbone": "params.features.backbone"}
-_METRIC = re.compile(r"^metrics\.eval/(?P<method>[^/]+)/(?P<metric>acc|miou|miou_things|miou_stuff|majority_acc|majority_miou)$")
+_METRIC = re.compile(
+    r"^metrics\.eval/(?P<method>[^/]+)/(?P<metric>acc|miou|miou_things|miou_stuff|majority_acc|majority_miou)$")
 
 
 def long_scores(runs: pd.DataFrame) -> pd.DataFrame:
@@ -39,7 +40,8 @@ def summarise_runs(runs: pd.DataFrame) -> pd.DataFrame:
     twice; `runs` must come newest first, as MLflow returns them.
 
     Returns:
-        columns dataset, dataset_root, backbone, method, seeds, then <metric>_mean and <metric>_std for each metric present.
+        columns dataset, dataset_root, backbone, method, seeds, then <metric>_mean and <metric>_std for each metric
+        present.
     """
     scores = long_scores(runs)
     if scores.empty:

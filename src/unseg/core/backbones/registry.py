@@ -148,7 +148,7 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
         RuntimeError: `weights=None` and the usual source cannot be reached (e.g. no network); the message says how
             to pass a local file.
     """
-    cfg = backbone_cfg(name)
+    backbone_cfg(name)  # an unknown name fails first, listing the valid ones
     path = Path(weights).expanduser() if weights else None
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"backbone {name}: weights file {path} does not exist")

@@ -29,8 +29,14 @@ import torch
 from torch import nn
 
 from unseg.core.backbones.checkpoint import load_into, misfit_message, read_state_dict, shape_mismatches
-from unseg.core.backbones.registry import (IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneCfg, backbone_cfg,
-                                          register_backbone)
+from unseg.core.backbones.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneCfg,
+    backbone_cfg,
+    register_backbone,
+)
 from unseg.core.backbones.weights import pretrained_or_explain
 
 logger = logging.getLogger(__name__)

@@ -96,8 +96,9 @@ class PreparedImageStream:
                     bad.report(row.image_id, err.path, err.problem)
                     continue
                 if label is not None and label.shape != image.shape[:2]:
-                    bad.report(row.image_id, row.label_path, f"label size {label.shape[1]}x{label.shape[0]} "
-                                                             f"differs from image size {image.shape[1]}x{image.shape[0]}")
+                    bad.report(row.image_id, row.label_path,
+                               f"label size {label.shape[1]}x{label.shape[0]} differs from image size "
+                               f"{image.shape[1]}x{image.shape[0]}")
                     continue
                 ids.append(row.image_id)
                 images.append(resize_crop(image, cfg.resize, cfg.crop, nearest=False))

@@ -12,6 +12,7 @@ cluster centres (the "+SotA+PriMaPs" combination, e.g. PiCIE's centroids).
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
