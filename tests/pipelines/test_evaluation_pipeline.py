@@ -86,8 +86,9 @@ def test_pipeline_shape() -> None:
                        "picie_primaps_em", "picie_primaps_em_crf", "picie_primaps_em_student", "linear_probe")
     assert {n.name for n in pipe.nodes} == {f"{m}.{step}" for m in FITTED for step in ("fit", "predict")} | {
         f"{m}.score" for m in METHODS} | {"compare_methods", "plot_qualitative"}
-    assert {i for i in pipe.inputs() if not i.startswith("params:")} == {"prm_train_images", "prm_val_images", "feat_train", "feat_val",
-                             *(f"{m}.val_predictions" for m in LEARNED)}
+    data_inputs = {i for i in pipe.inputs() if not i.startswith("params:")}
+    assert data_inputs == {"prm_train_images", "prm_val_images", "feat_train", "feat_val",
+                           *(f"{m}.val_predictions" for m in LEARNED)}
     assert pipe.outputs() == {"evaluation_metrics", "rpt_comparison_table", "rpt_comparison_markdown",
                               "rpt_confusion_plots", "rpt_iou_bars", "rpt_overlay_grid"}
 
@@ -162,7 +163,8 @@ def test_comparison_table_and_metrics(evaluated: dict[str, Any]) -> None:
         assert metrics[f"eval/{method}/acc"]["value"] == pytest.approx(record["acc"])
         assert metrics[f"eval/{method}/miou"]["value"] == pytest.approx(record["miou"])
         ious = {k for k in metrics if k.startswith(f"eval/{method}/iou/")}
-        assert ious == {f"eval/{method}/iou/{n}" for n, v in zip(CLASS_NAMES, record["iou"]) if v is not None}
+        named = zip(CLASS_NAMES, record["iou"], strict=True)
+        assert ious == {f"eval/{method}/iou/{n}" for n, v in named if v is not None}
 
 
 def test_plots(evaluated: dict[str, Any]) -> None:
@@ -213,3 +215,28 @@ def test_rerun_of_one_method_with_over_clustering(evaluated: dict[str, Any], mak
     assert "eval/kmeans/majority_miou" in reports["evaluation_metrics"]
     assert "eval/rgb_kmeans/majority_miou" not in reports["evaluation_metrics"]
     assert len(reports["rpt_overlay_grid"].axes) == OVERLAY_ROWS * (2 + len(METHODS))
+
+
+def test_methods_that_did_not_run_are_left_out(evaluated: dict[str, Any], make_catalog: Callable[..., DataCatalog],
+                                               run_pipeline: Callable[..., dict[str, Any]], tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`--pipelines ingestion,features,evaluation`: no PiCIE / PriMaPs-EM predictions were ever saved (the catalog's
+    `missing_ok` loads them as None), and one method's store belongs to other images: both get a record that says
+    why, and the table holds the rest."""
+    pipe = evaluation.create_pipeline().only_nodes(*(f"{m}.score" for m in LEARNED), "compare_methods",
+                                                   "plot_qualitative")
+    kept = {f"{m}.scores": evaluated["scored"][f"{m}.scores"] for m in FITTED}
+    catalog = make_catalog(evaluated["tmp"] / "data", evaluated["params"], pipe, **kept)
+    for method in LEARNED:
+        catalog[f"{method}.val_predictions"] = ShardStoreDataset(str(tmp_path / method), missing_ok=True)
+    stale = LEARNED[0]
+    shutil.copytree(evaluated["tmp"] / "data" / "prm_train_images", tmp_path / stale)  # other ids than val
+    with caplog.at_level("WARNING"):
+        scored = run_pipeline(pipe.only_nodes(*(f"{m}.score" for m in LEARNED)), catalog)
+    outputs = run_pipeline(pipe.only_nodes("compare_methods", "plot_qualitative"), catalog)
+    assert all(set(scored[f"{m}.scores"]) == {"method", "skipped"} for m in LEARNED)
+    assert list(outputs["rpt_comparison_table"]["method"]) == list(FITTED)
+    assert not any(key.startswith(f"eval/{stale}/") for key in outputs["evaluation_metrics"])
+    assert len(outputs["rpt_overlay_grid"].axes) == OVERLAY_ROWS * (2 + len(FITTED))
+    assert f"{stale}: the stored val predictions {tmp_path / stale} belong to other val images" in caplog.text
+    assert f"{LEARNED[1]}: no val predictions (its pipeline has not run)" in caplog.text

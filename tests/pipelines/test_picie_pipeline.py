@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,6 @@ SIDE = 32
 STORES = ("prm_train_images", "prm_val_images", "feat_picie_train", "feat_picie_val", "picie.val_predictions")
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is as fast, and spares the OpenMP spin-waits that make a loaded 2-core
-    machine crawl (measured: 20 s instead of 65 s for the short-epoch test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def base_parameters() -> dict[str, Any]:
     loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "test"})
@@ -74,22 +64,9 @@ def tiny_parameters(checkpoints: Path) -> dict[str, Any]:
     return params
 
 
-def param_datasets(params: dict[str, Any]) -> dict[str, MemoryDataset]:
-    out: dict[str, MemoryDataset] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        out[f"params:{prefix}"] = MemoryDataset(copy.deepcopy(value))
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}.{key}", sub)
-
-    for key, value in params.items():
-        walk(key, value)
-    return out
-
-
 @pytest.fixture(scope="module")
-def picie_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def picie_run(tmp_path_factory: pytest.TempPathFactory,
+              pipeline_param_datasets: Callable[[dict[str, Any]], dict[str, MemoryDataset]]) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("picie_pipeline")
     write_store(_Scenes("train", 16), tmp / "prm_train_images", progress=False)
     write_store(_Scenes("val", 4), tmp / "prm_val_images", progress=False)
@@ -113,7 +90,7 @@ def picie_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
               for name in ("picie.mlflow_model", "picie.metrics", "picie.train_info")}
     files = {"picie.network": PyTorchDataset(filepath=str(tmp / "picie.pt")),
              "picie.kmeans": JSONDataset(filepath=str(tmp / "picie_kmeans.json"))}
-    catalog = DataCatalog({**stores, **memory, **files, **param_datasets(params)})
+    catalog = DataCatalog({**stores, **memory, **files, **pipeline_param_datasets(params)})
     try:
         outputs = SequentialRunner().run(create_pipeline(), catalog)
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from kedro.config import OmegaConfigLoader
+from kedro.framework.project import configure_project
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
@@ -21,6 +22,7 @@ from unseg.core.backbones import create_backbone
 from unseg.core.features import FeatureStream
 from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
 from unseg.datasets import ShardStoreDataset
+from unseg.pipeline_registry import register_pipelines
 from unseg.pipelines.primaps import create_picie_primaps_pipeline, create_pipeline
 from unseg.pipelines.primaps.pipeline import em_pipeline, proposals_pipeline
 from unseg.settings import CONFIG_LOADER_ARGS
@@ -77,21 +79,15 @@ def parameters(tmp: Path, **em: Any) -> dict[str, Any]:
     return params
 
 
-def param_datasets(params: dict[str, Any]) -> dict[str, MemoryDataset]:
-    out: dict[str, MemoryDataset] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        out[f"params:{prefix}"] = MemoryDataset(value, copy_mode="assign")
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}.{key}", sub)
-
-    for key, value in params.items():
-        walk(key, value)
-    return out
+@pytest.fixture(scope="module")
+def make_catalog(
+        pipeline_param_datasets: Callable[[dict[str, Any]], dict[str, MemoryDataset]]) -> Callable[..., DataCatalog]:
+    """`make_catalog(tmp, params, backbone="fake")`."""
+    return lambda tmp, params, backbone="fake": build_catalog(tmp, params, pipeline_param_datasets(params), backbone)
 
 
-def make_catalog(tmp: Path, params: dict[str, Any], backbone: str = "fake") -> DataCatalog:
+def build_catalog(tmp: Path, params: dict[str, Any], param_sets: dict[str, MemoryDataset],
+                  backbone: str) -> DataCatalog:
     """Fake upstream stores (train images WITHOUT labels: the pipeline must never need them) and outputs."""
     data = tmp / "data"
     train_images, train_labels = scenes(NUM_TRAIN, 0)
@@ -116,7 +112,7 @@ def make_catalog(tmp: Path, params: dict[str, Any], backbone: str = "fake") -> D
     memory = {"picie.kmeans": MemoryDataset({"input": "feat", "metric": "cosine", "centroids": centroids.tolist()})}
     models = {f"{m}.model": JSONDataset(filepath=str(data / f"{m}_model.json"))
               for m in ("primaps_em", "picie_primaps_em")}
-    return DataCatalog({**stores, **memory, **models, **param_datasets(params)})
+    return DataCatalog({**stores, **memory, **models, **param_sets})
 
 
 def run(pipe: Pipeline, catalog: DataCatalog) -> dict[str, Any]:
@@ -125,7 +121,7 @@ def run(pipe: Pipeline, catalog: DataCatalog) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def primaps_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def primaps_run(tmp_path_factory: pytest.TempPathFactory, make_catalog: Callable[..., DataCatalog]) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("primaps")
     catalog = make_catalog(tmp, parameters(tmp))
     frozen = proposals_pipeline() + em_pipeline("primaps_em", "feat_train", "feat_val")
@@ -145,7 +141,11 @@ def test_pipeline_nodes_and_free_inputs() -> None:
         "prm_val_images"}
     assert {f"picie_{m}.val_predictions" for m in METHODS} <= picie.outputs()
     assert not {n.name for n in picie.nodes} & {n.name for n in frozen.nodes}
-    assert set(create_pipeline().nodes) == set(frozen.nodes) | set(picie.nodes)  # registered with PiCIE's feed
+    assert set(create_pipeline().nodes) == set(frozen.nodes)  # `primaps` runs without PiCIE
+    configure_project("unseg")
+    registered = register_pipelines()
+    assert set(registered["picie_primaps"].nodes) == set(picie.nodes)
+    assert set(registered["__default__"].nodes) >= set(frozen.nodes) | set(picie.nodes)
 
 
 def test_masks_are_stored_one_label_map_per_train_image(primaps_run: dict[str, Any]) -> None:
@@ -212,7 +212,8 @@ def test_picie_combination(primaps_run: dict[str, Any]) -> None:
         assert preds.fields == {"pred": FieldSpec("uint8", (CROP, CROP))} and preds.attrs["num_clusters"] == K
 
 
-def test_picie_base_refuses_online_augmentation(primaps_run: dict[str, Any], tmp_path: Path) -> None:
+def test_picie_base_refuses_online_augmentation(primaps_run: dict[str, Any], tmp_path: Path,
+                                                 make_catalog: Callable[..., DataCatalog]) -> None:
     params = parameters(tmp_path)
     params["primaps"]["base"]["picie_primaps_em"]["augment"] = True
     catalog = make_catalog(tmp_path, params)
@@ -222,7 +223,8 @@ def test_picie_base_refuses_online_augmentation(primaps_run: dict[str, Any], tmp
         SequentialRunner().run(create_picie_primaps_pipeline(), catalog)
 
 
-def test_online_mode_runs_the_backbone(primaps_run: dict[str, Any], tmp_path: Path) -> None:
+def test_online_mode_runs_the_backbone(primaps_run: dict[str, Any], tmp_path: Path,
+                                       make_catalog: Callable[..., DataCatalog]) -> None:
     """augment: true with a randomly initialised efficientnet_lite0 (no weights file needed)."""
     params = parameters(tmp_path, epochs=1)
     params["primaps"]["augment"] = True
@@ -232,7 +234,7 @@ def test_online_mode_runs_the_backbone(primaps_run: dict[str, Any], tmp_path: Pa
     for split in ("train", "val"):  # cached clean features of that same backbone
         stream = FeatureStream(catalog.load(f"prm_{split}_images"), backbone, torch.device("cpu"), 8, "random")
         write_store(stream, tmp_path / "data" / f"feat_{split}", progress=False)
-    outputs = run(create_pipeline(), catalog)  # the PiCIE combination beside it stays on cached features
+    outputs = run(create_pipeline() + create_picie_primaps_pipeline(), catalog)  # PiCIE's stays on cached features
     assert outputs["picie_primaps_em.model_mlflow"]["online"] is False
     assert outputs["primaps_em.model_mlflow"]["online"] is True
     assert outputs["primaps_em.model_mlflow"]["feature_dim"] == 152

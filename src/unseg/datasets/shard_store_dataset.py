@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -9,13 +10,17 @@ from kedro.io import AbstractVersionedDataset, Version
 
 from unseg.core.store import ArrayStream, ShardStore, write_store
 
+logger = logging.getLogger(__name__)
+
 
 class ShardStoreDataset(AbstractVersionedDataset[ArrayStream, ShardStore]):
     """A folder of fp16/uint8 shards with an index (see `unseg.core.store`), optionally versioned.
 
     Saving consumes the stream one shard at a time (memory stays at one shard); a killed save resumes at the next
     run from the finished shards of the same fingerprint, kept beside the dataset folder until the save completes.
-    Loading returns a `ShardStore` that reads items, shards or pixel samples through memory maps.
+    Loading returns a `ShardStore` that reads items, shards or pixel samples through memory maps; with
+    `missing_ok: true` a store that was never saved loads as None (the evaluation reads the predictions of methods
+    whose pipelines may not have run that way).
 
     Example catalog entry::
 
@@ -26,12 +31,16 @@ class ShardStoreDataset(AbstractVersionedDataset[ArrayStream, ShardStore]):
     """
 
     def __init__(self, filepath: str, version: Version | None = None, progress: bool = True,
-                 metadata: dict[str, Any] | None = None) -> None:
+                 missing_ok: bool = False, metadata: dict[str, Any] | None = None) -> None:
         super().__init__(filepath=PurePosixPath(filepath), version=version)
         self._progress = progress
+        self._missing_ok = missing_ok
         self.metadata = metadata
 
-    def load(self) -> ShardStore:
+    def load(self) -> ShardStore | None:
+        if self._missing_ok and not self._exists():
+            logger.info("%s: no store saved yet, loaded as None", self._filepath)
+            return None
         return ShardStore(Path(self._get_load_path()))
 
     def save(self, data: ArrayStream) -> None:
@@ -45,11 +54,13 @@ class ShardStoreDataset(AbstractVersionedDataset[ArrayStream, ShardStore]):
             return False
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "version": self._version}
+        return {"filepath": str(self._filepath), "version": self._version, "missing_ok": self._missing_ok}
 
     def preview(self, nrows: int = 5) -> dict[str, Any]:
         """A table of the store's fields and first ids for kedro-viz."""
         store = self.load()
+        if store is None:
+            return {"index": [], "columns": ["dtype", "shape"], "data": [], "items": 0, "first_ids": []}
         return {
             "index": list(store.fields),
             "columns": ["dtype", "shape"],

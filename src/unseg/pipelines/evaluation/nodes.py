@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from unseg.core.kmeans import KMeansConfig, fit_kmeans
 from unseg.core.linear_probe import LinearProbeConfig, fit_linear_probe
 from unseg.core.store import ShardStore
 from unseg.core.visualise import label_palette, plot_confusion, plot_iou_bars, plot_overlay_grid
+
+logger = logging.getLogger(__name__)
 
 
 def _kmeans_config(params: dict[str, Any], num_classes: int, seed: int) -> KMeansConfig:
@@ -68,9 +71,22 @@ def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, datase
                                     resolve_device(device), bias=bias)
 
 
-def score_predictions(predictions: ShardStore, val_images: ShardStore, dataset: dict[str, Any],
+def score_predictions(predictions: ShardStore | None, val_images: ShardStore, dataset: dict[str, Any],
                       method: str) -> dict[str, Any]:
-    """Hungarian-matched Acc / mIoU / per-class IoU of one method on val."""
+    """Hungarian-matched Acc / mIoU / per-class IoU of one method on val.
+
+    When the method's pipeline has not run, or its stored predictions belong to other val images (another data set
+    or crop), the record is only {"method", "skipped": why} (logged): the table and plots leave the method out.
+    """
+    if predictions is None:
+        skipped = "no val predictions (its pipeline has not run)"
+    elif predictions.ids != val_images.ids or predictions.fields["pred"].shape != val_images.fields["label"].shape:
+        skipped = f"the stored val predictions {predictions.root} belong to other val images; run its pipeline again"
+    else:
+        skipped = None
+    if skipped:
+        logger.warning("%s: %s: left out of the comparison", method, skipped)
+        return {"method": method, "skipped": skipped}
     num_clusters = int(predictions.attrs["num_clusters"])
     hist = confusion_of(predictions, val_images, dataset["num_classes"], num_clusters)
     attrs = val_images.attrs
@@ -82,8 +98,10 @@ def scorer(method: str) -> Callable[..., dict[str, Any]]:
     return functools.update_wrapper(functools.partial(score_predictions, method=method), score_predictions)
 
 
-def compare_methods(*records: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, Any], dict[str, Figure], Figure]:
-    """The comparison table (DataFrame and markdown), MLflow metrics, confusion heatmaps and IoU bars."""
+def compare_methods(*scores: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, Any], dict[str, Figure], Figure]:
+    """The comparison table (DataFrame and markdown), MLflow metrics, confusion heatmaps and IoU bars of the methods
+    that were scored (skipped ones are left out)."""
+    records = [r for r in scores if "skipped" not in r]
     table = comparison_table(records)
     metrics = {name: {"value": value, "step": 0} for name, value in metrics_of(records).items()}
     names = records[0]["class_names"]
@@ -97,7 +115,7 @@ def compare_methods(*records: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[s
 def plot_qualitative(val_images: ShardStore, num_images: int, dataset: dict[str, Any], *method_outputs: Any) -> Figure:
     """Image | ground truth | each method (clusters mapped to classes), for the first val images.
 
-    method_outputs alternate (predictions store, scores record) per method.
+    method_outputs alternate (predictions store, scores record) per method; methods without scores are left out.
     """
     count = min(num_images, len(val_images))
     items = [val_images.item(i, ["image", "label"]) for i in range(count)]
@@ -105,5 +123,6 @@ def plot_qualitative(val_images: ShardStore, num_images: int, dataset: dict[str,
     labels = np.stack([it["label"] for it in items])
     ignore = dataset["ignore_index"]
     predictions = {record["method"]: mapped_predictions(store, record, count, ignore)
-                   for store, record in zip(method_outputs[::2], method_outputs[1::2], strict=True)}
+                   for store, record in zip(method_outputs[::2], method_outputs[1::2], strict=True)
+                   if "skipped" not in record}
     return plot_overlay_grid(images, labels, predictions, label_palette(dataset["num_classes"]), ignore)

@@ -1,7 +1,8 @@
 """PriMaPs: train features -> mask proposals (once) -> PriMaPs-EM prototypes per base -> val predictions.
 
-`create_pipeline()` is the proposals, PriMaPs-EM on the frozen backbone (namespace `primaps_em`) and
-`create_picie_primaps_pipeline()`, the "PiCIE + PriMaPs-EM" combination (namespace `picie_primaps_em`): the same
+`create_pipeline()` (registered as `primaps`) is the proposals and PriMaPs-EM on the frozen backbone (namespace
+`primaps_em`); `create_picie_primaps_pipeline()` (registered as `picie_primaps`) is the "PiCIE + PriMaPs-EM"
+combination (namespace `picie_primaps_em`): the same
 EM template on PiCIE's learned features, prototypes initialised from PiCIE's k-means centres, fed by the same stored
 proposals (always from the frozen backbone); it needs PiCIE's outputs (`feat_picie_{train,val}`, `picie.kmeans`).
 Each EM instance outputs, for the evaluation template, `<method>.val_predictions` (teacher),
@@ -82,8 +83,8 @@ def em_pipeline(method: str, base_train: str, base_val: str, centroids: str | No
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    """PriMaPs-EM on the frozen backbone, and the PiCIE + PriMaPs-EM combination (PiCIE's pipeline feeds it)."""
-    return proposals_pipeline() + em_pipeline("primaps_em", "feat_train", "feat_val") + create_picie_primaps_pipeline()
+    """Mask proposals and PriMaPs-EM on the frozen backbone."""
+    return proposals_pipeline() + em_pipeline("primaps_em", "feat_train", "feat_val")
 
 
 def create_picie_primaps_pipeline() -> Pipeline:
