@@ -18,7 +18,10 @@ from kedro.framework.startup import bootstrap_project
 
 from unseg.core.data import cityscapes, cocostuff, potsdam
 from unseg.core.data.prepare import resize_crop
+from unseg.core.picie import ClusterConfig, EvalConfig, LossConfig, NetworkConfig, TrainConfig, ViewConfig
+from unseg.core.primaps import EMConfig
 from unseg.core.store import ShardStore
+from unseg.pipelines.primaps.nodes import NODE_KEYS
 from unseg.settings import CONFIG_LOADER_ARGS
 
 pytestmark = pytest.mark.integration
@@ -108,13 +111,27 @@ def test_ingestion_in_every_benchmark_env(project_copy: Path, ends_mlflow_runs: 
 
 @pytest.mark.parametrize("env", list(ENVS))
 def test_benchmark_env_parameters(env: str) -> None:
-    """Each environment changes only `dataset` and `features` (picie / primaps blocks are added with their pipelines)."""
+    """Each environment sets the data set, the backbone and the papers' PiCIE / PriMaPs-EM settings, nothing else."""
     conf = Path(__file__).resolve().parents[1] / "conf"
     own = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "base_env": env, "default_run_env": env})
-    assert set(own["parameters"]) == {"dataset", "features"}
+    assert set(own["parameters"]) == {"dataset", "features", "picie", "primaps"}
     params = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
     assert params["dataset"]["source"] == env and params["features"]["backbone"] == "dino_vits8"
     assert params["dataset"]["num_classes"] == len(ENVS[env][1])
     assert (params["dataset"]["resize"], params["dataset"]["crop"]) == (CROP, CROP)
     assert params["ingestion"] == OmegaConfigLoader(str(conf), **CONFIG_LOADER_ARGS)["parameters"]["ingestion"]
+    picie, em = params["picie"], params["primaps"]["em"]
+    assert picie["network"]["arch"] == "resnet18" and picie["views"]["input_size"] == CROP
+    assert (picie["train"]["epochs"], picie["train"]["batch_size"]) == (10, 128)
+    assert picie["train"]["lr"] == {"cocostuff27": 1e-4, "cityscapes27": 1e-3, "potsdam3": 1e-3}[env]
+    assert picie["views"]["grayscale_p"] == 0.2  # soft merge: the base keys the environment does not set stay
+    assert params["primaps"]["augment"] is True and params["primaps"]["proposals"]["threshold"] == 0.4
+    assert (em["epochs"], em["batch_size"], em["lr"], em["warmup_epochs"]) == (50, 32, 0.005, 2)
+    assert (em["ema_every"], em["ema_max_decay"], em["focal_gamma"]) == (10, 0.98, 2)
+    # every block builds its config (the checks a run does first)
+    k = params["dataset"]["num_classes"]
+    NetworkConfig(**picie["network"]), ViewConfig(**picie["views"]), LossConfig(**picie["loss"])
+    TrainConfig(**picie["train"])
+    ClusterConfig(**{**picie["clustering"], "num_clusters": k}), EvalConfig(**{**picie["eval"], "num_clusters": k})
+    EMConfig(**{**{key: v for key, v in em.items() if key not in NODE_KEYS}, "num_prototypes": k}, init="pca")
 
