@@ -17,6 +17,7 @@ from unseg.core.visualise import (  # noqa: E402
     plot_confusion,
     plot_iou_bars,
     plot_overlay_grid,
+    plot_training_curves,
 )
 
 
@@ -129,3 +130,24 @@ def test_plot_iou_bars(tmp_path: Path) -> None:
 def test_plot_iou_bars_shape_mismatch() -> None:
     with pytest.raises(ValueError):
         plot_iou_bars({"m": np.zeros(3)}, ["a", "b"])
+
+
+def test_plot_training_curves(tmp_path: Path) -> None:
+    history = {
+        "picie/loss": [{"value": 2.0, "step": 2}, {"value": 3.0, "step": 1}],  # unsorted steps get sorted
+        "picie/val_miou": [{"value": 10.0, "step": 0}, {"value": 12.0, "step": 1}, {"value": 15.0, "step": 2}],
+        "picie/pretrained_init": [{"value": 1.0, "step": 0}],  # a single point is a fact, not a curve
+    }
+    fig = plot_training_curves(history, "PiCIE training", columns=1)
+    assert fig.get_suptitle() == "PiCIE training"
+    assert [ax.get_title() for ax in fig.axes] == ["picie/loss", "picie/val_miou"]
+    x, y = fig.axes[0].lines[0].get_data()
+    assert list(x) == [1, 2] and list(y) == [3.0, 2.0]
+    assert list(fig.axes[1].lines[0].get_ydata()) == [10.0, 12.0, 15.0]
+    _save(fig, tmp_path / "curves.png")
+
+
+def test_plot_training_curves_without_curves(tmp_path: Path) -> None:
+    fig = plot_training_curves({"m/x": [{"value": 1.0, "step": 0}]}, "one epoch")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no metric has more than one step"]
+    _save(fig, tmp_path / "none.png")

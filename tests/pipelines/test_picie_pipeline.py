@@ -14,6 +14,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.json import JSONDataset
 from kedro_datasets_experimental.pytorch import PyTorchDataset
+from matplotlib.figure import Figure
 
 from unseg.core.data.synthetic import SyntheticConfig, iter_split
 from unseg.core.picie import ClusterConfig, EvalConfig, LossConfig, NetworkConfig, TrainConfig, ViewConfig
@@ -87,8 +88,9 @@ def picie_run(tmp_path_factory: pytest.TempPathFactory,
     params = tiny_parameters(tmp / "checkpoints")
     stores = {name: ShardStoreDataset(str(tmp / name), progress=False) for name in STORES}
     memory = {name: MemoryDataset(copy_mode="assign")
-              for name in ("picie.mlflow_model", "picie.metrics", "picie.train_info")}
+              for name in ("picie.mlflow_model", "picie.training_curves", "picie.train_info")}
     files = {"picie.network": PyTorchDataset(filepath=str(tmp / "picie.pt")),
+             "picie.metrics": JSONDataset(filepath=str(tmp / "picie_metrics.json")),
              "picie.kmeans": JSONDataset(filepath=str(tmp / "picie_kmeans.json"))}
     catalog = DataCatalog({**stores, **memory, **files, **pipeline_param_datasets(params)})
     try:
@@ -101,12 +103,12 @@ def picie_run(tmp_path_factory: pytest.TempPathFactory,
 
 def test_pipeline_shape() -> None:
     pipe = create_pipeline()
-    assert [n.name for n in pipe.nodes] == ["picie.train", "picie.extract_features", "picie.fit_kmeans",
-                                            "picie.predict"]
+    assert {n.name for n in pipe.nodes} == {"picie.train", "picie.extract_features", "picie.plot_training_curves",
+                                            "picie.fit_kmeans", "picie.predict"}
     assert pipe.inputs() == {"prm_train_images", "prm_val_images", "params:dataset", "params:seed", "params:device",
                              *(f"params:picie.{block}" for block in
                                ("network", "views", "clustering", "loss", "train", "eval"))}
-    assert {"picie.val_predictions", "picie.metrics", "picie.mlflow_model", "picie.train_info"} <= pipe.outputs()
+    assert {"picie.val_predictions", "picie.training_curves", "picie.mlflow_model", "picie.train_info"} <= pipe.outputs()
     assert {"feat_picie_train", "feat_picie_val", "picie.kmeans", "picie.network"} <= pipe.all_outputs()
 
 
@@ -137,11 +139,13 @@ def test_network_checkpoint_metrics_and_info(picie_run: dict[str, Any]) -> None:
     state = picie_run["catalog"].load("picie.network")
     assert state["laterals.3.weight"].shape[:1] == (128,) and "laterals.0.bias" in state
     assert isinstance(outputs["picie.mlflow_model"], torch.nn.Module)
-    metrics = outputs["picie.metrics"]
+    metrics = picie_run["catalog"].load("picie.metrics")
     for name in ("loss", "loss_within", "loss_cross", "cluster_time_s", "label_time_s", "train_time_s",
                  "cluster_entropy", "val_miou", "val_acc"):
         assert [m["step"] for m in metrics[f"picie/{name}"]] == [1]
     assert [m["step"] for m in metrics["picie/untrained_kmeans_miou"]] == [0]
+    curves = outputs["picie.training_curves"]  # one epoch: no curve has two points yet
+    assert isinstance(curves, Figure) and curves.axes[0].texts[0].get_text() == "no metric has more than one step"
     info = outputs["picie.train_info"]
     assert info["init"] == "random" and info["resumed_from_epoch"] == 0
     assert (Path(info["checkpoint_dir"]) / "epoch_0001.pt").is_file()

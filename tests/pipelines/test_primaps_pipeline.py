@@ -110,8 +110,8 @@ def build_catalog(tmp: Path, params: dict[str, Any], param_sets: dict[str, Memor
     stores.update({name: ShardStoreDataset(str(data / name), progress=False) for name in outputs})
     centroids = np.linalg.qr(np.random.default_rng(3).normal(size=(128, K)))[0].T
     memory = {"picie.kmeans": MemoryDataset({"input": "feat", "metric": "cosine", "centroids": centroids.tolist()})}
-    models = {f"{m}.model": JSONDataset(filepath=str(data / f"{m}_model.json"))
-              for m in ("primaps_em", "picie_primaps_em")}
+    models = {f"{m}.{kind}": JSONDataset(filepath=str(data / f"{m}_{kind}.json"))
+              for m in ("primaps_em", "picie_primaps_em") for kind in ("model", "training_metrics")}
     return DataCatalog({**stores, **memory, **models, **param_sets})
 
 
@@ -131,7 +131,8 @@ def primaps_run(tmp_path_factory: pytest.TempPathFactory, make_catalog: Callable
 def test_pipeline_nodes_and_free_inputs() -> None:
     frozen = proposals_pipeline() + em_pipeline("primaps_em", "feat_train", "feat_val")
     assert {n.name for n in frozen.nodes} == {"propose_masks", "report_proposals", "plot_proposals",
-                                              "primaps_em.fit", "primaps_em.predict"}
+                                              "primaps_em.fit", "primaps_em.predict",
+                                              "primaps_em.plot_training_curves"}
     assert {i for i in frozen.inputs() if not i.startswith("params:")} == {
         "prm_train_images", "prm_val_images", "feat_train", "feat_val"}
     assert {f"{m}.val_predictions" for m in METHODS} <= frozen.outputs()
@@ -174,9 +175,13 @@ def test_model_and_training_metrics(primaps_run: dict[str, Any]) -> None:
     assert model["num_prototypes"] == K and model["base"] == "frozen" and not model["online"]
     for role in ("teacher", "student"):
         assert np.asarray(model[role]["directions"]).shape == (K, DIM) and len(model[role]["gains"]) == K
-    metrics = outputs["primaps_em.training_metrics"]
+    metrics = primaps_run["catalog"].load("primaps_em.training_metrics")
     for name in ("loss", "pseudo_label_coverage", "teacher_student_agreement"):
         assert [m["step"] for m in metrics[f"primaps/{name}"]] == [1, 2]
+    curves = outputs["primaps_em.training_curves"]  # a panel per metric with two or more points
+    assert isinstance(curves, Figure) and curves.get_suptitle() == "primaps_em training"
+    assert {ax.get_title() for ax in curves.axes} == {k for k, v in metrics.items() if len(v) > 1} >= {
+        "primaps/loss", "primaps/val_miou"}
     assert [m["step"] for m in metrics["primaps/val_miou"]] == [0, 1, 2]
     assert len(metrics["primaps/warmup_loss"]) == 1
     assert all(0 <= m["value"] <= 1 for m in metrics["primaps/pseudo_label_coverage"])
@@ -205,7 +210,7 @@ def test_picie_combination(primaps_run: dict[str, Any]) -> None:
     outputs = run(create_picie_primaps_pipeline(), primaps_run["catalog"])
     model = outputs["picie_primaps_em.model_mlflow"]
     assert model["base"] == "picie" and model["init"] == "centroids" and model["feature_dim"] == 128
-    assert "picie_primaps_em/loss" in outputs["picie_primaps_em.training_metrics"]
+    assert "picie_primaps_em/loss" in primaps_run["catalog"].load("picie_primaps_em.training_metrics")
     for method in METHODS:
         name = f"picie_{method}.val_predictions"
         preds: ShardStore = primaps_run["catalog"].load(name)

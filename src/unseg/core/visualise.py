@@ -297,3 +297,34 @@ def plot_iou_bars(iou_by_method: Mapping[str, np.ndarray], class_names: Sequence
     if iou_by_method:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
+
+
+def plot_training_curves(history: Mapping[str, Sequence[Mapping[str, float]]], title: str,
+                         columns: int = 3) -> Figure:
+    """One panel per metric of a training history, value against step (epoch).
+
+    Args:
+        history: metric name -> [{"value": v, "step": s}, ...] (the MLflow metrics-history layout); metrics with a
+            single point (run facts, not curves) are left out.
+        title: the figure's title, e.g. the method.
+        columns: panels per row.
+
+    Returns:
+        The figure (a note in place of panels when no metric has two points).
+    """
+    curves = {name: sorted(points, key=lambda p: p["step"]) for name, points in history.items() if len(points) > 1}
+    rows = max(1, -(-len(curves) // columns))
+    fig = _new_figure(4.0 * min(columns, max(len(curves), 1)), 2.8 * rows)
+    fig.suptitle(title)
+    if not curves:
+        ax = fig.add_subplot()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no metric has more than one step", ha="center", va="center")
+        return fig
+    for index, (name, points) in enumerate(sorted(curves.items()), start=1):
+        ax = fig.add_subplot(rows, columns, index)
+        ax.plot([p["step"] for p in points], [p["value"] for p in points], marker="o", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    return fig

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from unseg.core.devices import resolve_device
 from unseg.core.evaluate import CentroidPredictionStream
@@ -24,6 +25,7 @@ from unseg.core.picie import (
     train_picie,
 )
 from unseg.core.store import ShardStore
+from unseg.core.visualise import plot_training_curves
 
 
 def _with_k(params: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
@@ -73,3 +75,8 @@ def predict(kmeans: dict[str, Any], val_features: ShardStore, dataset: dict[str,
     return CentroidPredictionStream(val_features, kmeans["input"], False,
                                     np.asarray(kmeans["centroids"], dtype=np.float32), kmeans["metric"],
                                     (crop, crop), resolve_device(device))
+
+
+def plot_curves(metrics: dict[str, list[dict[str, float]]]) -> Figure:
+    """The per-epoch curves of the training history (losses, timings, monitoring scores)."""
+    return plot_training_curves(metrics, "PiCIE training")

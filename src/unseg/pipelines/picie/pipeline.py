@@ -3,7 +3,7 @@ predictions (`picie.val_predictions`, scored by the evaluation pipeline like eve
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from unseg.pipelines.picie.nodes import extract_features, fit_eval_kmeans, predict, train
+from unseg.pipelines.picie.nodes import extract_features, fit_eval_kmeans, plot_curves, predict, train
 
 GLOBAL_PARAMS = {"params:dataset", "params:seed", "params:device"}
 
@@ -15,6 +15,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                          "params:loss", "params:train", "params:eval", "params:dataset", "params:seed",
                          "params:device"],
                  ["network", "mlflow_model", "metrics", "train_info"], name="train"),
+            node(plot_curves, "metrics", "training_curves", name="plot_training_curves"),
             node(extract_features, ["network", "prm_train_images", "prm_val_images", "params:network", "params:views",
                                     "params:eval", "params:device"],
                  ["feat_picie_train", "feat_picie_val"], name="extract_features"),

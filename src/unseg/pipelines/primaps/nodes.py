@@ -24,6 +24,7 @@ from unseg.core.primaps.proposals import ProposalConfig
 from unseg.core.primaps.sources import BackboneFeatures, FeatureSource, StoreFeatures
 from unseg.core.primaps.train import EMConfig, EMData, fit_em
 from unseg.core.store import ShardStore, fingerprint
+from unseg.core.visualise import plot_training_curves
 
 BASES = ("frozen", "picie")
 NODE_KEYS = ("checkpoint_dir", "monitor_val")  # primaps.em keys for the node, not the algorithm
@@ -164,3 +165,8 @@ def predict_val(model: dict[str, Any], base_val: ShardStore, val_images: ShardSt
             PrototypePredictionStream(model["teacher"], source, val_images, crf_config, target,
                                       {**tag, "model": "teacher"}),
             PrototypePredictionStream(model["student"], source, val_images, None, target, {**tag, "model": "student"}))
+
+
+def plot_curves(metrics: dict[str, list[dict[str, float]]], method: str) -> Figure:
+    """The per-epoch curves of one EM instance (loss, pseudo-label coverage, agreement, monitoring scores)."""
+    return plot_training_curves(metrics, f"{method} training")

@@ -20,6 +20,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from unseg.pipelines.primaps.nodes import (
     fit_prototypes,
     fit_prototypes_from_centroids,
+    plot_curves,
     plot_proposals,
     predict_val,
     propose_train_masks,
@@ -69,8 +70,9 @@ def em_pipeline(method: str, base_train: str, base_val: str, centroids: str | No
               "prm_val_images": "prm_val_images"}
     if centroids is not None:
         inputs["centroids"] = centroids
+    curves = node(_bound(plot_curves, method), "training_metrics", "training_curves", name="plot_training_curves")
     return pipeline(
-        [fit, predict],
+        [fit, predict, curves],
         namespace=method,
         inputs=inputs,
         outputs={"crf_val_predictions": f"{method}_crf.val_predictions",
