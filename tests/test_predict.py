@@ -3,58 +3,126 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
+from kedro.io import DatasetError
 from PIL import Image
 
 from unseg.core.backbones import create_backbone
-from unseg.core.predict import Segmenter, overlay
+from unseg.core.predict import Segmenter, overlay, prediction_head
+from unseg.core.primaps.prototypes import Prototypes
+from unseg.datasets import TrainedModelDataset
 
 pytestmark = pytest.mark.integration
-VERSION = "2026-01-01T00.00.00.000Z"
+CLASSES = [f"c{i}" for i in range(8)]
+MAPPING = [3, 1, 0, 2, 4, 5, -1, 7]  # cluster 6 matched no class
 
 
-def _write_versioned_json(root: Path, name: str, payload: dict[str, object]) -> None:
-    path = root / "data/06_models" if name.endswith("_model.json") else root / "data/07_model_output"
-    target = path / name / VERSION / name
-    target.parent.mkdir(parents=True)
-    target.write_text(json.dumps(payload))
-
-
-def test_predict_folder_with_a_corrupt_file(project_copy: Path) -> None:
-    rng = np.random.default_rng(0)
-    centroids = rng.normal(size=(8, 152)).tolist()
-    mapping = [3, 1, 0, 2, 4, 5, -1, 7]  # cluster 6 matched no class
-    _write_versioned_json(project_copy, "kmeans_model.json", {"input": "feat", "metric": "cosine",
-                                                                "centroids": centroids,
-                                                                "backbone": "efficientnet_lite0"})
-    _write_versioned_json(project_copy, "kmeans_scores.json", {"method": "kmeans", "mapping": mapping,
-                                                                 "class_names": [f"c{i}" for i in range(8)]})
-    folder = project_copy / "incoming"
+def _incoming(root: Path, rng: np.random.Generator) -> Path:
+    """Two readable images and a corrupt one."""
+    folder = root / "incoming"
     folder.mkdir()
     for name, size in (("a.png", (48, 40)), ("b.jpg", (33, 50))):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / name)
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    return folder
 
-    subprocess.run([sys.executable, "-m", "kedro", "run", "--env", "test", "--pipelines", "predict", "--params",
-                    f"predict.input_dir={folder}"], cwd=project_copy, check=True, capture_output=True)
 
-    out = project_copy / "data/07_model_output/predict"
+def _predict(root: Path, params: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "kedro", "run", "--env", "test", "--pipelines", "predict",
+                           "--params", params], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _check_outputs(root: Path, method: str) -> None:
+    out = root / "data/07_model_output/predict"
     assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
     for stem, size in (("a", (48, 40)), ("b", (33, 50))):
         label = np.asarray(Image.open(out / stem / "label.png"))
         assert label.shape == size
         assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5, 7, 255}  # class ids; 255 for the unmatched cluster
         assert np.asarray(Image.open(out / stem / "overlay.png")).shape == (*size, 3)
-    report = json.loads((project_copy / "data/08_reporting/predict_report.json").read_text())
-    assert report["images"] == 2
+    report = json.loads((root / "data/08_reporting/predict_report.json").read_text())
+    assert report["images"] == 2 and report["method"] == method and report["class_names"] == CLASSES
     assert [s["image"] for s in report["skipped"]] == ["broken.png"]
     assert "unreadable image" in report["skipped"][0]["problem"]
+
+
+def test_predict_folder_with_a_corrupt_file(project_copy: Path) -> None:
+    """The kmeans model of the latest local run (data/06_models, data/08_reporting/scores.json)."""
+    rng = np.random.default_rng(0)
+    model = {"input": "feat", "metric": "cosine", "centroids": rng.normal(size=(8, 152)).tolist(),
+             "backbone": "efficientnet_lite0"}
+    (project_copy / "data/06_models").mkdir(parents=True)
+    (project_copy / "data/06_models/kmeans_model_mlflow.json").write_text(json.dumps(model))
+    (project_copy / "data/08_reporting").mkdir(parents=True)
+    scores = {"kmeans": {"method": "kmeans", "mapping": MAPPING, "class_names": CLASSES}}
+    (project_copy / "data/08_reporting/scores.json").write_text(json.dumps(scores))
+    _predict(project_copy, f"predict.input_dir={_incoming(project_copy, rng)}")
+    _check_outputs(project_copy, "kmeans")
+
+
+def test_predict_with_primaps_from_an_mlflow_run(project_copy: Path, tmp_path: Path) -> None:
+    """PriMaPs-EM's student prototypes, read from the artifacts of an MLflow run by its id (no local model files)."""
+    rng = np.random.default_rng(1)
+    state = {"directions": rng.normal(size=(8, 152)).tolist(), "gains": rng.uniform(1, 5, 8).tolist()}
+    model = {"method": "primaps_em", "base": "frozen", "backbone": "efficientnet_lite0", "teacher": state,
+             "student": state}
+    scores = {"primaps_em_student": {"method": "primaps_em_student", "mapping": MAPPING, "class_names": CLASSES}}
+    for name, payload in (("models/primaps_em_model_mlflow.json", model), ("reports/scores.json", scores)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(payload))
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # the project copy's store
+    run_id = client.create_run(client.create_experiment("earlier")).info.run_id
+    client.log_artifact(run_id, str(tmp_path / "models/primaps_em_model_mlflow.json"), "models")
+    client.log_artifact(run_id, str(tmp_path / "reports/scores.json"), "reports")
+    client.set_terminated(run_id)
+    folder = _incoming(project_copy, rng)
+    _predict(project_copy, f"predict.input_dir={folder},predict.method=primaps_em_student,predict.run_id={run_id}")
+    _check_outputs(project_copy, "primaps_em_student")
+
+
+def test_trained_model_dataset_errors(tmp_path: Path) -> None:
+    (tmp_path / "scores.json").write_text(json.dumps({"kmeans": {"method": "kmeans", "mapping": [0]},
+                                                      "picie": {"method": "picie", "skipped": "not run"}}))
+    (tmp_path / "kmeans_model_mlflow.json").write_text("{not json")
+    (tmp_path / "picie_model_mlflow.json").write_text("{}")
+
+    def dataset(method: str) -> TrainedModelDataset:
+        return TrainedModelDataset(method, models_dir=str(tmp_path), scores_file=str(tmp_path / "scores.json"))
+
+    with pytest.raises(DatasetError, match="kmeans_model_mlflow.json: not valid JSON"):
+        dataset("kmeans").load()
+    with pytest.raises(DatasetError, match=r"linear_probe: no linear_probe_model_mlflow.json in this project"):
+        dataset("linear_probe").load()
+    with pytest.raises(DatasetError, match=r"picie: scores.json of .* holds no val scores for it"):
+        dataset("picie").load()
+    with pytest.raises(DatasetError, match="MLflow run nope"):
+        TrainedModelDataset("kmeans", run_id="nope").load()
+
+
+def test_prediction_head_of_primaps_prototypes() -> None:
+    """The prototypes' scores g_k v_k / |v_k| . f are a linear head: the same argmax as the Prototypes module."""
+    rng = np.random.default_rng(3)
+    teacher = {"directions": rng.normal(size=(4, 6)).tolist(), "gains": [1.0, 2.0, 0.5, 3.0]}
+    model = {"method": "primaps_em", "base": "frozen", "backbone": "b", "teacher": teacher, "student": teacher}
+    head = prediction_head(model, "teacher")
+    features = torch.tensor(rng.normal(size=(1, 6, 3, 5)), dtype=torch.float32)
+    expected = Prototypes.from_state(teacher)(features)
+    got = torch.einsum("bchw,kc->bkhw", features, torch.tensor(head["centroids"]))
+    torch.testing.assert_close(got, expected)
+    assert head["metric"] == "linear" and head["backbone"] == "b"
+    kmeans = {"metric": "cosine", "centroids": [[1.0]]}
+    assert prediction_head(kmeans) == kmeans
+    with pytest.raises(ValueError, match="frozen backbone only"):
+        prediction_head({**model, "base": "picie"})
 
 
 def test_segmenter_maps_clusters_to_classes() -> None:

@@ -71,10 +71,18 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots/confusion")}
-    assert {"plots/overlay_grid.png", "plots/iou_per_class.png", "plots/confusion/confusion_kmeans.png",
-            "plots/confusion/confusion_rgb_kmeans.png"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {"reports/comparison_table.md",
-                                                                                "reports/runs_summary.md"}
+    assert {"plots/overlay_grid.png", "plots/iou_per_class.png",
+            *(f"plots/confusion/confusion_{m}.png" for m in METHODS),
+            *(f"plots/training_curves_{m}.png" for m in ("picie", "primaps_em", "picie_primaps_em"))} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {
+        "reports/comparison_table.md", "reports/runs_summary.md", "reports/scores.json"}
+    # the models: every fitted head (what predict reads by run id) and PiCIE's network as an MLflow model
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "models")} >= {
+        f"models/{m}_model_mlflow.json" for m in ("rgb_kmeans", "kmeans", "linear_probe", "primaps_em",
+                                                  "picie_primaps_em")}
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.name for m in logged] == ["picie"]
     scores = json.loads(next((project_copy / "data/07_model_output/kmeans_scores.json").glob("*/*.json")).read_text())
     assert scores["miou"] == pytest.approx(metrics["eval/kmeans/miou"])
 

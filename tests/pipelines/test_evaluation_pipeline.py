@@ -67,13 +67,13 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, pipeline_params: Callabl
     full = full_pipeline()
     catalog = make_catalog(tmp / "data", params, full)
     run_pipeline(full.to_nodes("extract_features"), catalog)
-    run_pipeline(full.only_nodes(*(f"{m}.fit" for m in FITTED)), catalog)
+    fitted = run_pipeline(full.only_nodes(*(f"{m}.fit" for m in FITTED)), catalog)
     run_pipeline(full.only_nodes(*(f"{m}.predict" for m in FITTED)), catalog)
     for method in LEARNED:
         shutil.copytree(tmp / "data" / "kmeans.val_predictions", tmp / "data" / f"{method}.val_predictions")
     scored = run_pipeline(full.only_nodes(*(f"{m}.score" for m in METHODS)), catalog)
     reports = run_pipeline(full.only_nodes("compare_methods", "plot_qualitative"), catalog)
-    return {"tmp": tmp, "params": params, "catalog": catalog, "scored": scored, "reports": reports}
+    return {"tmp": tmp, "params": params, "catalog": catalog, "fitted": fitted, "scored": scored, "reports": reports}
 
 
 def labelled_pixels(val: ShardStore) -> int:
@@ -89,8 +89,9 @@ def test_pipeline_shape() -> None:
     data_inputs = {i for i in pipe.inputs() if not i.startswith("params:")}
     assert data_inputs == {"prm_train_images", "prm_val_images", "feat_train", "feat_val",
                            *(f"{m}.val_predictions" for m in LEARNED)}
-    assert pipe.outputs() == {"evaluation_metrics", "rpt_comparison_table", "rpt_comparison_markdown",
-                              "rpt_confusion_plots", "rpt_iou_bars", "rpt_overlay_grid"}
+    assert pipe.outputs() == {"evaluation_metrics", "rpt_comparison_table", "rpt_comparison_markdown", "rpt_scores",
+                              "rpt_confusion_plots", "rpt_iou_bars", "rpt_overlay_grid",
+                              *(f"{m}.model_mlflow" for m in FITTED)}
 
 
 def test_models(evaluated: dict[str, Any]) -> None:
@@ -102,6 +103,8 @@ def test_models(evaluated: dict[str, Any]) -> None:
     assert feat_c.shape == (8, 152)
     np.testing.assert_allclose(np.linalg.norm(feat_c, axis=1), 1.0, atol=1e-5)  # spherical
     assert feat["backbone"] == "efficientnet_lite0"
+    for method in FITTED:  # the MLflow run's copy (models/<method>_model_mlflow.json)
+        assert evaluated["fitted"][f"{method}.model_mlflow"] == catalog.load(f"{method}.model")
 
 
 @pytest.mark.parametrize("method, metric", [("rgb_kmeans", "euclidean"), ("kmeans", "cosine")])
@@ -155,6 +158,8 @@ def test_comparison_table_and_metrics(evaluated: dict[str, Any]) -> None:
     markdown = reports["rpt_comparison_markdown"]
     assert markdown.splitlines()[0].replace(" ", "") == "|method|num_clusters|acc|miou|miou_things|miou_stuff|"
     assert [line.split("|")[1].strip() for line in markdown.splitlines()[2:]] == list(METHODS)
+
+    assert reports["rpt_scores"] == {m: scored[f"{m}.scores"] for m in METHODS}  # what predict reads
 
     metrics = reports["evaluation_metrics"]
     assert all(m["step"] == 0 for m in metrics.values())
@@ -236,6 +241,7 @@ def test_methods_that_did_not_run_are_left_out(evaluated: dict[str, Any], make_c
     outputs = run_pipeline(pipe.only_nodes("compare_methods", "plot_qualitative"), catalog)
     assert all(set(scored[f"{m}.scores"]) == {"method", "skipped"} for m in LEARNED)
     assert list(outputs["rpt_comparison_table"]["method"]) == list(FITTED)
+    assert list(outputs["rpt_scores"]) == list(FITTED)
     assert not any(key.startswith(f"eval/{stale}/") for key in outputs["evaluation_metrics"])
     assert len(outputs["rpt_overlay_grid"].axes) == OVERLAY_ROWS * (2 + len(FITTED))
     assert f"{stale}: the stored val predictions {tmp_path / stale} belong to other val images" in caplog.text

@@ -108,7 +108,8 @@ def test_pipeline_shape() -> None:
     assert pipe.inputs() == {"prm_train_images", "prm_val_images", "params:dataset", "params:seed", "params:device",
                              *(f"params:picie.{block}" for block in
                                ("network", "views", "clustering", "loss", "train", "eval"))}
-    assert {"picie.val_predictions", "picie.training_curves", "picie.mlflow_model", "picie.train_info"} <= pipe.outputs()
+    assert {"picie.val_predictions", "picie.training_curves", "picie.mlflow_model",
+            "picie.train_info"} <= pipe.outputs()
     assert {"feat_picie_train", "feat_picie_val", "picie.kmeans", "picie.network"} <= pipe.all_outputs()
 
 

@@ -18,8 +18,30 @@ import torch
 from unseg.core.backbones import Backbone
 from unseg.core.features import images_to_tensor
 from unseg.core.kmeans import predict_labels
+from unseg.core.primaps.prototypes import Prototypes
 
 logger = logging.getLogger(__name__)
+
+
+def prediction_head(model: Mapping[str, Any], role: str = "teacher") -> dict[str, Any]:
+    """The scoring head of a fitted model: {"metric", "centroids" (K, D), optional "bias", "backbone"}.
+
+    k-means and probe models are heads already; a PriMaPs-EM model's prototypes (its `role`, teacher or student)
+    score the raw features with the weight g_k v_k / |v_k|, a linear head. Prediction runs the frozen backbone
+    without flip averaging or CRF.
+
+    Raises:
+        ValueError: a model on PiCIE's learned features (the frozen backbone cannot feed it), or no such role.
+    """
+    if "centroids" in model:
+        return dict(model)
+    if model.get("base") != "frozen":
+        raise ValueError(f"{model.get('method')}: prototypes on {model.get('base')} features; prediction on new "
+                         "images runs the frozen backbone only")
+    if role not in model:
+        raise ValueError(f"{model.get('method')}: the model has no {role!r} prototypes")
+    weight = Prototypes.from_state(model[role]).weight().detach()
+    return {"metric": "linear", "centroids": weight.tolist(), "backbone": model.get("backbone")}
 
 
 @dataclass

@@ -2,5 +2,6 @@
 
 from unseg.datasets.mlflow_runs_dataset import MlflowRunsDataset
 from unseg.datasets.shard_store_dataset import ShardStoreDataset
+from unseg.datasets.trained_model_dataset import TrainedModelDataset
 
-__all__ = ["MlflowRunsDataset", "ShardStoreDataset"]
+__all__ = ["MlflowRunsDataset", "ShardStoreDataset", "TrainedModelDataset"]

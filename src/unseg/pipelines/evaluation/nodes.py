@@ -98,9 +98,22 @@ def scorer(method: str) -> Callable[..., dict[str, Any]]:
     return functools.update_wrapper(functools.partial(score_predictions, method=method), score_predictions)
 
 
-def compare_methods(*scores: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, Any], dict[str, Figure], Figure]:
-    """The comparison table (DataFrame and markdown), MLflow metrics, confusion heatmaps and IoU bars of the methods
-    that were scored (skipped ones are left out)."""
+def twice(fit: Callable[..., dict[str, Any]]) -> Callable[..., tuple[dict[str, Any], dict[str, Any]]]:
+    """`fit` returning its model twice: the versioned catalog copy and the MLflow run's (models/)."""
+
+    @functools.wraps(fit)
+    def fit_twice(*args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        model = fit(*args)
+        return model, model
+
+    return fit_twice
+
+
+def compare_methods(*scores: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, Any], dict[str, Any],
+                                                      dict[str, Figure], Figure]:
+    """The comparison table (DataFrame and markdown), every scoring record by method (mappings included: predict
+    reads them), MLflow metrics, confusion heatmaps and IoU bars of the methods that were scored (skipped ones are
+    left out)."""
     records = [r for r in scores if "skipped" not in r]
     table = comparison_table(records)
     metrics = {name: {"value": value, "step": 0} for name, value in metrics_of(records).items()}
@@ -109,7 +122,8 @@ def compare_methods(*scores: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[st
                                                                  f"{r['method']} (Hungarian-matched, row %)")
                   for r in records}
     ious = {r["method"]: np.array([np.nan if v is None else v for v in r["iou"]], dtype=float) for r in records}
-    return table, table.to_markdown(index=False), metrics, confusions, plot_iou_bars(ious, names)
+    by_method = {r["method"]: r for r in records}
+    return table, table.to_markdown(index=False), by_method, metrics, confusions, plot_iou_bars(ious, names)
 
 
 def plot_qualitative(val_images: ShardStore, num_images: int, dataset: dict[str, Any], *method_outputs: Any) -> Figure:

@@ -14,6 +14,7 @@ from unseg.pipelines.evaluation.nodes import (
     plot_qualitative,
     predict_with_centroids,
     scorer,
+    twice,
 )
 
 # method -> (fit node, train input, val input); the order is the table's
@@ -29,11 +30,13 @@ METHODS = (*BASELINES, *LEARNED, "linear_probe")
 
 
 def baseline_pipeline(method: str) -> Pipeline:
-    """Fit on train, predict val, score: namespace `<method>` (outputs <method>.model, .val_predictions, .scores)."""
+    """Fit on train, predict val, score: namespace `<method>` (outputs <method>.model (and its MLflow copy
+    .model_mlflow), .val_predictions, .scores)."""
     fit, train, val = BASELINES[method]
     return pipeline(
         [
-            node(fit, ["train", "params:kmeans", "params:dataset", "params:seed"], "model", name="fit"),
+            node(twice(fit), ["train", "params:kmeans", "params:dataset", "params:seed"], ["model", "model_mlflow"],
+                 name="fit"),
             node(predict_with_centroids, ["model", "val", "params:dataset", "params:device"], "val_predictions",
                  name="predict"),
         ],
@@ -48,8 +51,8 @@ def probe_pipeline() -> Pipeline:
     """The supervised upper bound (`linear_probe`): trained on train labels, evaluation only."""
     return pipeline(
         [
-            node(fit_probe, ["feat_train", "prm_train_images", "params:probe", "params:dataset", "params:seed",
-                             "params:device"], "model", name="fit"),
+            node(twice(fit_probe), ["feat_train", "prm_train_images", "params:probe", "params:dataset",
+                                    "params:seed", "params:device"], ["model", "model_mlflow"], name="fit"),
             node(predict_with_centroids, ["model", "feat_val", "params:dataset", "params:device"], "val_predictions",
                  name="predict"),
         ],
@@ -74,8 +77,8 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     outputs = [f"{m}.{kind}" for m in METHODS for kind in ("val_predictions", "scores")]
     report = pipeline([
         node(compare_methods, [f"{m}.scores" for m in METHODS],
-             ["rpt_comparison_table", "rpt_comparison_markdown", "evaluation_metrics", "rpt_confusion_plots",
-              "rpt_iou_bars"], name="compare_methods"),
+             ["rpt_comparison_table", "rpt_comparison_markdown", "rpt_scores", "evaluation_metrics",
+              "rpt_confusion_plots", "rpt_iou_bars"], name="compare_methods"),
         node(plot_qualitative, ["prm_val_images", "params:evaluation.overlay_images", "params:dataset", *outputs],
              "rpt_overlay_grid", name="plot_qualitative"),
     ])

@@ -11,10 +11,13 @@ from PIL import Image
 
 from unseg.core.backbones import create_backbone
 from unseg.core.devices import resolve_device
-from unseg.core.predict import Segmenter, overlay
+from unseg.core.predict import Segmenter, overlay, prediction_head
 from unseg.core.visualise import label_palette
 
 logger = logging.getLogger(__name__)
+
+# methods whose fitted model is a head (centroids, linear weights, prototypes) on the frozen backbone features
+PREDICTABLE = ("kmeans", "linear_probe", "primaps_em", "primaps_em_student")
 
 
 def _decode(load: Callable[[], Any]) -> np.ndarray:
@@ -22,14 +25,24 @@ def _decode(load: Callable[[], Any]) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def segment_images(images: dict[str, Callable[[], Any]], model: dict[str, Any], scores: dict[str, Any],
-                   features: dict[str, Any], dataset: dict[str, Any], predict: dict[str, Any],
+def segment_images(images: dict[str, Callable[[], Any]], trained: dict[str, Any], features: dict[str, Any],
+                   dataset: dict[str, Any], predict: dict[str, Any],
                    device: str) -> tuple[dict[str, Callable[[], Image.Image]], dict[str, Any]]:
     """Lazy `<image>/label` and `<image>/overlay` PNGs for every readable image; unreadable ones are listed.
 
-    Every image is decoded once here to find the unreadable ones, then again when its outputs are saved, so memory
-    holds one image's outputs at a time however large the folder.
+    `trained` is {"method", "model", "scores"} (TrainedModelDataset). Every image is decoded once here to find the
+    unreadable ones, then again when its outputs are saved, so memory holds one image's outputs at a time however
+    large the folder.
     """
+    method, scores = trained["method"], trained["scores"]
+    if (predict["method"], predict["run_id"]) != (method, trained.get("run_id")):
+        raise ValueError(f"predict_model holds {method} (run {trained.get('run_id')}) but the parameters say "
+                         f"{predict['method']} (run {predict['run_id']}): pass predict.method and predict.run_id "
+                         "with --params, where the catalog reads them")
+    if method not in PREDICTABLE:
+        raise ValueError(f"predict.method={method}: predict segments with {', '.join(PREDICTABLE)} (heads on the "
+                         "frozen backbone)")
+    model = prediction_head(trained["model"], "student" if method.endswith("_student") else "teacher")
     if model.get("backbone") not in (None, features["backbone"]):
         raise ValueError(f"the model was fitted on {model['backbone']} features; features.backbone is "
                          f"{features['backbone']}")
@@ -67,8 +80,8 @@ def segment_images(images: dict[str, Callable[[], Any]], model: dict[str, Any], 
     folders = stems if len(set(stems)) == len(stems) else readable  # a.jpg and a.png: keep the suffixes
     files = {f"{folder}/label": label_png(name) for folder, name in zip(folders, readable, strict=True)}
     files |= {f"{folder}/overlay": overlay_png(name) for folder, name in zip(folders, readable, strict=True)}
-    report = {"images": len(readable), "skipped": skipped, "class_names": scores["class_names"],
-              "method": scores["method"]}
+    report = {"images": len(readable), "skipped": skipped, "class_names": scores["class_names"], "method": method,
+              "run_id": predict.get("run_id")}
     return files, report
 
 

@@ -1,26 +1,23 @@
 """Predict: a folder of new images -> label maps (class ids) and overlays, with a fitted model.
 
-    kedro run --pipelines predict --params predict.input_dir=/path/to/images
+    kedro run --pipelines predict --params predict.input_dir=/path/to/images[,predict.method=primaps_em]
+                                          [,predict.run_id=<MLflow run id>]
 
-The model is the latest fitted `kmeans` model in the catalog, on the frozen backbone of `features.*`, its clusters
-named through its val Hungarian mapping (`create_pipeline(method="linear_probe")` builds the same for the probe).
-Not part of `__default__`: it needs your images.
+The model (`predict_model`, a TrainedModelDataset) is `predict.method`'s fitted head (kmeans by default;
+linear_probe, primaps_em, primaps_em_student) from this project's latest run, or from an MLflow run's artifacts with
+`predict.run_id`; its clusters are named through the method's val Hungarian mapping, and it scores the frozen
+backbone of `features.*`. Not part of `__default__`: it needs your images.
 """
 
 from kedro.pipeline import Pipeline, node, pipeline
 
 from unseg.pipelines.predict.nodes import predict_metrics, segment_images
 
-# methods whose fitted model is a centroid/linear head on the frozen backbone features
-PREDICTABLE = ("kmeans", "linear_probe")
 
-
-def create_pipeline(method: str = "kmeans", **kwargs: object) -> Pipeline:
-    if method not in PREDICTABLE:
-        raise ValueError(f"predict supports {', '.join(PREDICTABLE)}, not {method!r}")
+def create_pipeline(**kwargs: object) -> Pipeline:
     return pipeline([
-        node(segment_images, ["predict_images", f"{method}.model", f"{method}.scores", "params:features",
-                              "params:dataset", "params:predict", "params:device"],
+        node(segment_images, ["predict_images", "predict_model", "params:features", "params:dataset",
+                              "params:predict", "params:device"],
              ["predict_outputs", "predict_report"], name="segment_images"),
         node(predict_metrics, "predict_report", "predict_metrics", name="predict_metrics"),
     ])
