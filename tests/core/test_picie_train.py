@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from scenes import SceneStream
 
-from unseg.core.data.synthetic import SyntheticConfig, iter_split
 from unseg.core.picie import train as train_module
 from unseg.core.picie.clustering import ClusterConfig
 from unseg.core.picie.inference import ImageSource
@@ -28,7 +28,7 @@ from unseg.core.picie.train import (
     train_views,
 )
 from unseg.core.picie.views import ViewConfig, draw_view_params
-from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
+from unseg.core.store import ShardStore, write_store
 
 SIDE = 32
 CPU = torch.device("cpu")
@@ -44,26 +44,8 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
-class _Scenes:
-    """A prepared-store stream of synthetic scenes (image and label) of SIDE x SIDE, one shard per 8 images."""
-
-    def __init__(self, split: str, count: int) -> None:
-        config = SyntheticConfig(num_train=max(count, 1), num_val=max(count, 1), height=SIDE, width=SIDE)
-        self.items = list(iter_split(config, split))[:count]
-        self.fields = {"image": FieldSpec("uint8", (SIDE, SIDE, 3)), "label": FieldSpec("uint8", (SIDE, SIDE))}
-        self.attrs: dict[str, Any] = {"split": split}
-        self.fingerprint = f"scenes-{split}-{count}"
-        self.num_shards = (count + 7) // 8
-
-    def iter_shards(self, todo: list[int]):  # noqa: ANN201 - ArrayStream protocol
-        for index in todo:
-            chunk = self.items[index * 8:(index + 1) * 8]
-            yield Shard(index, [i for i, _, _ in chunk], {"image": np.stack([im for _, im, _ in chunk]),
-                                                          "label": np.stack([lb for _, _, lb in chunk])})
-
-
 def scenes(root: Path, split: str, count: int) -> ShardStore:
-    write_store(_Scenes(split, count), root, progress=False)
+    write_store(SceneStream(split, count, SIDE), root, progress=False)
     return ShardStore(root)
 
 

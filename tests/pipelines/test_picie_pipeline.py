@@ -15,10 +15,10 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.json import JSONDataset
 from kedro_datasets_experimental.pytorch import PyTorchDataset
 from matplotlib.figure import Figure
+from scenes import SceneStream
 
-from unseg.core.data.synthetic import SyntheticConfig, iter_split
 from unseg.core.picie import ClusterConfig, EvalConfig, LossConfig, NetworkConfig, TrainConfig, ViewConfig
-from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
+from unseg.core.store import ShardStore, write_store
 from unseg.datasets import ShardStoreDataset
 from unseg.pipelines.picie import create_pipeline
 from unseg.settings import CONFIG_LOADER_ARGS
@@ -32,24 +32,6 @@ STORES = ("prm_train_images", "prm_val_images", "feat_picie_train", "feat_picie_
 def base_parameters() -> dict[str, Any]:
     loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "test"})
     return loader["parameters"]
-
-
-class _Scenes:
-    """Synthetic scenes of SIDE x SIDE with labels, 8 per shard (an ArrayStream)."""
-
-    def __init__(self, split: str, count: int) -> None:
-        config = SyntheticConfig(num_train=count, num_val=count, height=SIDE, width=SIDE)
-        self.items = list(iter_split(config, split))
-        self.fields = {"image": FieldSpec("uint8", (SIDE, SIDE, 3)), "label": FieldSpec("uint8", (SIDE, SIDE))}
-        self.attrs: dict[str, Any] = {"split": split, "crop": SIDE}
-        self.fingerprint = f"{split}-{count}"
-        self.num_shards = (count + 7) // 8
-
-    def iter_shards(self, todo: list[int]):  # noqa: ANN201 - ArrayStream protocol
-        for index in todo:
-            chunk = self.items[index * 8:(index + 1) * 8]
-            yield Shard(index, [i for i, _, _ in chunk], {"image": np.stack([im for _, im, _ in chunk]),
-                                                          "label": np.stack([lb for _, _, lb in chunk])})
 
 
 def tiny_parameters(checkpoints: Path) -> dict[str, Any]:
@@ -69,8 +51,8 @@ def tiny_parameters(checkpoints: Path) -> dict[str, Any]:
 def picie_run(tmp_path_factory: pytest.TempPathFactory,
               pipeline_param_datasets: Callable[[dict[str, Any]], dict[str, MemoryDataset]]) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("picie_pipeline")
-    write_store(_Scenes("train", 16), tmp / "prm_train_images", progress=False)
-    write_store(_Scenes("val", 4), tmp / "prm_val_images", progress=False)
+    write_store(SceneStream("train", 16, SIDE, crop=SIDE), tmp / "prm_train_images", progress=False)
+    write_store(SceneStream("val", 4, SIDE, crop=SIDE), tmp / "prm_val_images", progress=False)
     reads: list[tuple[Path, tuple[str, ...] | None]] = []
     patch = pytest.MonkeyPatch()
     real_shard, real_item = ShardStore.shard, ShardStore.item
