@@ -70,7 +70,7 @@ def test_predict_folder_with_a_corrupt_file(project_copy: Path) -> None:
 
 
 def test_predict_with_primaps_from_an_mlflow_run(project_copy: Path, tmp_path: Path) -> None:
-    """PriMaPs-EM's student prototypes, read from the artifacts of an MLflow run by its id (no local model files)."""
+    """PriMaPs-EM's student prototypes, read from the artifacts of an MLflow run by its URI (no local model files)."""
     rng = np.random.default_rng(1)
     state = {"directions": rng.normal(size=(8, 152)).tolist(), "gains": rng.uniform(1, 5, 8).tolist()}
     model = {"method": "primaps_em", "base": "frozen", "backbone": "efficientnet_lite0", "teacher": state,
@@ -85,7 +85,8 @@ def test_predict_with_primaps_from_an_mlflow_run(project_copy: Path, tmp_path: P
     client.log_artifact(run_id, str(tmp_path / "reports/scores.json"), "reports")
     client.set_terminated(run_id)
     folder = _incoming(project_copy, rng)
-    _predict(project_copy, f"predict.input_dir={folder},predict.method=primaps_em_student,predict.run_id={run_id}")
+    _predict(project_copy, f"predict.input_dir={folder},predict.method=primaps_em_student,"
+                           f"predict.run_id=runs:/{run_id}")
     _check_outputs(project_copy, "primaps_em_student")
 
 

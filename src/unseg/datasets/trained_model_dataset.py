@@ -26,7 +26,8 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
 
     Args:
         method: the method, as in the comparison table (kmeans, linear_probe, primaps_em, ...).
-        run_id: an MLflow run id: read the run's artifacts (from the current tracking URI). None: the local files.
+        run_id: an MLflow run id (or `runs:/<run id>`): read the run's artifacts (from the current tracking URI).
+            None: the local files.
         models_dir: the local folder of `<method>_model_mlflow.json`.
         scores_file: the local `scores.json`.
 
@@ -41,7 +42,8 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
     def __init__(self, method: str, run_id: str | None = None, models_dir: str = "data/06_models",
                  scores_file: str = "data/08_reporting/scores.json", metadata: dict[str, Any] | None = None) -> None:
         self._method = method
-        self._run_id = run_id or None
+        self._given_run = run_id or None  # a run id, or the run's URI runs:/<run id>
+        self._run_id = run_id.removeprefix("runs:/").strip("/") if run_id else None
         self._models_dir = Path(models_dir)
         self._scores_file = Path(scores_file)
         self.metadata = metadata
@@ -80,7 +82,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
         if record is None or "skipped" in record:
             raise DatasetError(f"{self._method}: {scores_path.name} of {where} holds no val scores for it (scored: "
                                f"{', '.join(sorted(records)) if isinstance(records, dict) else 'none'})")
-        return {"method": self._method, "run_id": self._run_id, "model": model, "scores": record}
+        return {"method": self._method, "run_id": self._given_run, "model": model, "scores": record}
 
     def save(self, data: None) -> None:
         raise DatasetError("TrainedModelDataset is read-only")
