@@ -84,6 +84,32 @@ def test_one_short_epoch_lowers_the_loss(stores: tuple[ShardStore, ShardStore]) 
     assert after < before
 
 
+def test_label_pass_from_the_clustering_features(stores: tuple[ShardStore, ShardStore]) -> None:
+    """With a cache the label pass reuses the clustering pass's features: the same labels as running the network
+    again (to float tolerance at exact ties), and the same clustering."""
+    train, _ = stores
+    net, _ = build_network(NetworkConfig(pretrained=False), seed=0)
+
+    def context(cache_mb: int) -> EpochContext:
+        clustering = ClusterConfig(**{**CLUSTERING.__dict__, "cache_mb": cache_mb})
+        return EpochContext(net, torch.optim.Adam(net.parameters()), ImageSource(train), VIEWS, clustering,
+                            LossConfig(), TrainConfig(epochs=1, batch_size=4, progress=False), 0, CPU, None)
+
+    params = draw_view_params(VIEWS, 0, 1, np.arange(len(train)))
+    assert context(0).feature_cache() is None  # no room: recompute, as the reference
+    ctx = context(64)
+    cache = ctx.feature_cache()
+    assert [tuple(c.shape) for c in cache] == [(16, 128, SIDE // 4, SIDE // 4)] * 2
+    cached = cluster_views(ctx, 1, params, cache)
+    recomputed = cluster_views(ctx, 1, params)
+    for a, b in zip(cached, recomputed, strict=True):
+        np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-5)
+    centroids = [torch.from_numpy(r.centroids) for r in cached]
+    from_cache = label_views(ctx, 1, params, centroids, cache)
+    again = label_views(ctx, 1, params, centroids)
+    assert np.mean(from_cache == again) > 0.999
+
+
 def small_run(train: ShardStore, val: ShardStore, epochs: int, checkpoints: Path | None,
               monitor: bool = True, clustering: ClusterConfig = CLUSTERING) -> train_module.TrainResult:
     config = TrainConfig(epochs=epochs, batch_size=4, lr=1e-3, progress=False,

@@ -43,6 +43,9 @@ class ClusterConfig:
         sample_size: pixel features in the initial k-means sample (bounded memory).
         init_batches: batches whose pixels the sample is drawn from (reference: 20); the rest get the mini-batch pass.
         batch_size: images per batch of the clustering and label passes (reference: 256).
+        cache_mb: the label pass reuses the clustering pass's features (float32, both views) when they fit in this
+            many MB, instead of running the network over every image again (the reference always recomputes);
+            0: always recompute.
     """
 
     num_clusters: int
@@ -51,11 +54,14 @@ class ClusterConfig:
     sample_size: int = 100_000
     init_batches: int = 20
     batch_size: int = 256
+    cache_mb: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_clusters", "num_iters", "num_redo", "sample_size", "init_batches", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"picie clustering {name} must be >= 1, got {getattr(self, name)}")
+        if self.cache_mb < 0:
+            raise ValueError(f"picie clustering cache_mb must be >= 0, got {self.cache_mb}")
         if self.sample_size < self.num_clusters:
             raise ValueError(f"picie clustering sample_size={self.sample_size} is smaller than K={self.num_clusters}: "
                              f"k-means needs at least K sampled pixels")

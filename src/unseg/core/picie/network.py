@@ -125,16 +125,19 @@ class PiCIENet(nn.Module):
         mean, std = (LITE0_MEAN, LITE0_STD) if arch == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # channels-last convolutions: 1.4x faster forward and backward on the CPU (measured, Lite0 at 128 px),
+        # the usual layout for CUDA convolutions too; weights loaded later keep it
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Args: images (B, 3, H, W) RGB in [0, 1]. Returns: (B, dim, ceil(H / 4), ceil(W / 4))."""
-        stages = self.encoder((images - self.mean) / self.std)
+        """Args: images (B, 3, H, W) RGB in [0, 1]. Returns: (B, dim, ceil(H / 4), ceil(W / 4)), contiguous."""
+        stages = self.encoder(((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
         out = self.laterals[3](stages[3])
         for level in (2, 1, 0):  # top-down: upsample bilinearly and add the lateral, no 3x3 conv, no BN, no ReLU
             skip = stages[level]
             out = F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             out = out + self.laterals[level](skip)
-        return out
+        return out.contiguous()
 
 
 def _load_resnet_state(net: PiCIENet, state: dict[str, Any], source: str) -> None:

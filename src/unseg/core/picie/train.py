@@ -106,6 +106,15 @@ class EpochContext:
     device: torch.device
     monitor: ValMonitor | None
 
+    def feature_cache(self) -> list[torch.Tensor] | None:
+        """Room for both views' features of every image (float32, on the device) when they fit in
+        `clustering.cache_mb`; None otherwise."""
+        n, grid = len(self.source), self.views.input_size // self.net.stride
+        shape = (n, self.net.dim, grid, grid)
+        if 2 * math.prod(shape) * 4 > self.clustering.cache_mb * 2**20:
+            return None
+        return [torch.empty(shape, dtype=torch.float32, device=self.device) for _ in range(2)]
+
     def bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, unit="img", desc=desc, disable=not self.train.progress, leave=False)
 
@@ -123,29 +132,44 @@ class EpochContext:
             bar.update(len(rows))
 
 
-def cluster_views(ctx: EpochContext, epoch: int, params: ViewParams) -> list[ClusterResult]:
-    """Step 2: the clustering of view 1 and of view 2 (each in its own shuffled order)."""
+def cluster_views(ctx: EpochContext, epoch: int, params: ViewParams,
+                  cache: list[torch.Tensor] | None = None) -> list[ClusterResult]:
+    """Step 2: the clustering of view 1 and of view 2 (each in its own shuffled order); with `cache` (see
+    EpochContext.feature_cache) every image's features of each view are kept there for the label pass."""
     n = len(ctx.source)
     bar = ctx.bar(2 * n, f"picie {epoch}/{ctx.train.epochs} clustering")
     results = []
+
+    def kept(view: int, rows: np.ndarray, feats: torch.Tensor) -> torch.Tensor:
+        if cache is not None:
+            cache[view][torch.as_tensor(rows, device=cache[view].device)] = feats
+        return feats
+
     for view in (0, 1):
         order = _permutation(ctx.seed, epoch, 1 + view, n)
-        feats = (f for _, f in ctx.view_features(params, order, view, bar))
+        feats = (kept(view, rows, f) for rows, f in ctx.view_features(params, order, view, bar))
         results.append(cluster_view(feats, math.ceil(n / ctx.clustering.batch_size), ctx.clustering,
                                     derive_seed(ctx.seed, epoch, view), ctx.device.type == "cuda"))
     bar.close()
     return results
 
 
-def label_views(ctx: EpochContext, epoch: int, params: ViewParams, centroids: list[torch.Tensor]) -> np.ndarray:
-    """Step 3: labels (2, N, h, w) of every pixel of both views (uint8, int16 when K > 256)."""
+def label_views(ctx: EpochContext, epoch: int, params: ViewParams, centroids: list[torch.Tensor],
+                cache: list[torch.Tensor] | None = None) -> np.ndarray:
+    """Step 3: labels (2, N, h, w) of every pixel of both views (uint8, int16 when K > 256), from the features the
+    clustering pass kept in `cache`, or by running the network again."""
     n, k = len(ctx.source), ctx.clustering.num_clusters
     bar = ctx.bar(2 * n, f"picie {epoch}/{ctx.train.epochs} labels")
     grid = ctx.views.input_size // ctx.net.stride
     labels = np.empty((2, n, grid, grid), dtype=np.uint8 if k <= 256 else np.int16)
+    size = ctx.clustering.batch_size
     for view in (0, 1):
-        for rows, feats in ctx.view_features(params, np.arange(n), view, bar):
+        batches = (ctx.view_features(params, np.arange(n), view, bar) if cache is None else
+                   ((np.arange(s, min(s + size, n)), cache[view][s:s + size]) for s in range(0, n, size)))
+        for rows, feats in batches:
             labels[view, rows] = assign_labels(feats, centroids[view]).cpu().numpy()
+            if cache is not None:
+                bar.update(len(rows))
     bar.close()
     return labels
 
@@ -189,12 +213,14 @@ def run_epoch(ctx: EpochContext, epoch: int) -> dict[str, float]:
     metrics: dict[str, float] = {}
 
     start = time.perf_counter()
-    results = cluster_views(ctx, epoch, params)
+    cache = ctx.feature_cache()
+    results = cluster_views(ctx, epoch, params, cache)
     metrics["picie/cluster_time_s"] = time.perf_counter() - start
     centroids = [torch.from_numpy(r.centroids).to(ctx.device) for r in results]
 
     start = time.perf_counter()
-    labels = label_views(ctx, epoch, params, centroids)
+    labels = label_views(ctx, epoch, params, centroids, cache)
+    del cache
     counts = [np.bincount(labels[v].ravel().astype(np.int64), minlength=k) for v in (0, 1)]
     metrics["picie/label_time_s"] = time.perf_counter() - start
     metrics["picie/cluster_entropy"] = float(np.mean([cluster_entropy(c) for c in counts]))
