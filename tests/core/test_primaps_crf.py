@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unseg.core.primaps.crf import CRFConfig, dense_crf
+from unseg.core.primaps.crf import CRFConfig, dense_crf, dense_crf_batch
 
 
 def two_halves(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,3 +55,18 @@ def test_bad_crf_inputs_raise() -> None:
     logits[0, 0, 0] = -np.inf
     with pytest.raises(ValueError, match="finite"):
         dense_crf(image, logits, CRFConfig())
+
+
+def test_dense_crf_batch_in_worker_processes_matches_one_by_one() -> None:
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (20, 24, 3), dtype=np.uint8) for _ in range(5)]
+    logits = [rng.normal(size=(3, 20, 24)).astype(np.float32) for _ in range(5)]
+    serial = dense_crf_batch(images, logits, CRFConfig(workers=1))
+    parallel = dense_crf_batch(images, logits, CRFConfig(workers=2))
+    assert len(parallel) == 5
+    for a, b, image, lg in zip(serial, parallel, images, logits, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, dense_crf(image, lg, CRFConfig()))
+    assert dense_crf_batch([], [], CRFConfig(workers=2)) == []
+    with pytest.raises(ValueError, match="workers"):
+        CRFConfig(workers=-1)

