@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from kedro.framework.project import configure_project, pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -105,3 +106,22 @@ def test_folder_source_with_bad_file_skipped(project_copy: Path) -> None:
     assert metrics["ingestion/skipped_files"] == 1
     assert metrics["ingestion/val/images"] == 8
     assert "eval/kmeans/miou" in metrics
+
+
+def test_features_with_a_local_dino_checkpoint(project_copy: Path) -> None:
+    """`kedro run --pipelines ingestion,features --params "features.backbone=dino_vits8,features.weights=<file>"`:
+    a released-DINO-style state dict (random values) read from a local file, no hub."""
+    from unseg.core.backbones import create_backbone
+    from unseg.core.features import weights_id
+    from unseg.core.store import ShardStore
+
+    path = project_copy / "dino_deitsmall8_pretrain.pth"
+    torch.save(create_backbone("dino_vits8", pretrained=False).body.model.state_dict(), path)
+    params = f"features.backbone=dino_vits8,features.weights={path}"
+    done = subprocess.run([sys.executable, "-m", "kedro", "run", "--env", "test", "--pipelines", "ingestion,features",
+                           "--params", params], cwd=project_copy, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for split, count in (("train", 24), ("val", 8)):
+        store = ShardStore(next((project_copy / f"data/04_feature/feat_{split}").glob("*/*/meta.json")).parent)
+        assert len(store) == count and store.fields["feat"].shape == (384, 8, 8)  # 64 px crop, patch 8
+        assert store.attrs["backbone"] == "dino_vits8" and store.attrs["weights"] == weights_id(path, True)
