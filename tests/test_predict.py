@@ -16,9 +16,14 @@ from kedro.io import DatasetError
 from PIL import Image
 
 from unseg.core.backbones import create_backbone
-from unseg.core.predict import Segmenter, overlay, prediction_head
+from unseg.core.features import images_to_tensor
+from unseg.core.kmeans import upsampled_scores
+from unseg.core.picie import PiCIENet, state_fingerprint
+from unseg.core.predict import PREDICTABLE, MethodSpec, Segmenter, method_spec, overlay, picie_encoder, prediction_head
+from unseg.core.primaps.crf import CRFConfig, dense_crf
 from unseg.core.primaps.prototypes import Prototypes
 from unseg.datasets import TrainedModelDataset
+from unseg.pipelines.evaluation.pipeline import METHODS
 
 pytestmark = pytest.mark.integration
 CLASSES = [f"c{i}" for i in range(8)]
@@ -92,12 +97,23 @@ def test_predict_with_primaps_from_an_mlflow_run(project_copy: Path, tmp_path: P
 
 def test_trained_model_dataset_errors(tmp_path: Path) -> None:
     (tmp_path / "scores.json").write_text(json.dumps({"kmeans": {"method": "kmeans", "mapping": [0]},
-                                                      "picie": {"method": "picie", "skipped": "not run"}}))
+                                                      "picie": {"method": "picie", "skipped": "not run"},
+                                                      "picie_primaps_em": {"method": "picie_primaps_em",
+                                                                           "mapping": [0]}}))
     (tmp_path / "kmeans_model_mlflow.json").write_text("{not json")
-    (tmp_path / "picie_model_mlflow.json").write_text("{}")
+    (tmp_path / "picie_primaps_em_model_mlflow.json").write_text("{}")
 
     def dataset(method: str) -> TrainedModelDataset:
-        return TrainedModelDataset(method, models_dir=str(tmp_path), scores_file=str(tmp_path / "scores.json"))
+        return TrainedModelDataset(method, models_dir=str(tmp_path), scores_file=str(tmp_path / "scores.json"),
+                                   network_file=str(tmp_path / "picie_network.pt"))
+
+    with pytest.raises(DatasetError, match="no picie_model_mlflow.json"):  # PiCIE's model: arch, size, centroids
+        dataset("picie_primaps_em").load()
+    (tmp_path / "picie_model_mlflow.json").write_text("{}")
+    with pytest.raises(DatasetError, match="picie_primaps_em: no PiCIE network in this project"):
+        dataset("picie_primaps_em").load()
+    with pytest.raises(DatasetError, match="rgb_kmeans.*valid: kmeans, linear_probe"):
+        dataset("rgb_kmeans").load()
 
     with pytest.raises(DatasetError, match="kmeans_model_mlflow.json: not valid JSON"):
         dataset("kmeans").load()
@@ -122,22 +138,53 @@ def test_prediction_head_of_primaps_prototypes() -> None:
     assert head["metric"] == "linear" and head["backbone"] == "b"
     kmeans = {"metric": "cosine", "centroids": [[1.0]]}
     assert prediction_head(kmeans) == kmeans
-    with pytest.raises(ValueError, match="frozen backbone only"):
-        prediction_head({**model, "base": "picie"})
+    with pytest.raises(ValueError, match="no 'student' prototypes"):
+        prediction_head({"method": "primaps_em", "teacher": teacher}, "student")
 
 
-def test_segmenter_maps_clusters_to_classes() -> None:
+def test_method_spec() -> None:
+    assert method_spec("kmeans") == MethodSpec("kmeans", "teacher", crf=False, picie=False)
+    assert method_spec("primaps_em_crf") == MethodSpec("primaps_em", "teacher", crf=True, picie=False)
+    assert method_spec("primaps_em_student") == MethodSpec("primaps_em", "student", crf=False, picie=False)
+    assert method_spec("picie") == MethodSpec("picie", "teacher", crf=False, picie=True)
+    assert method_spec("picie_primaps_em_crf") == MethodSpec("picie_primaps_em", "teacher", crf=True, picie=True)
+    assert set(PREDICTABLE) == set(METHODS) - {"rgb_kmeans"}  # every table method that can see a new image
+    with pytest.raises(ValueError, match="valid: kmeans, linear_probe, picie"):
+        method_spec("rgb_kmeans")
+
+
+def test_picie_encoder_scale_and_weight_check() -> None:
+    """The shorter side goes to the training input size, each side to a multiple of 32; a network whose weights are
+    not those the centroids were fitted on is refused."""
+    net = PiCIENet("efficientnet_lite0")
+    config = {"arch": "efficientnet_lite0", "input_size": 64, "weights": state_fingerprint(net)}
+    encoder = picie_encoder(config, net.state_dict(), [state_fingerprint(net), None])
+    assert encoder.input_shape(64, 64) == (64, 64)
+    assert encoder.input_shape(144, 176) == (64, 64)  # 78.2 -> 64 (nearest multiple of 32)
+    assert encoder.input_shape(100, 300) == (64, 192)
+    assert encoder.input_shape(300, 40) == (480, 64)  # 40 -> 64: the shorter side is scaled up too
+    assert encoder(torch.rand(1, 3, 100, 300)).shape == (1, 128, 16, 48)
+    with pytest.raises(ValueError, match="not the one the model was fitted on"):
+        picie_encoder({**config, "weights": "0123456789abcdef"}, net.state_dict())
+    with pytest.raises(ValueError, match="not the one the model was fitted on"):
+        picie_encoder(config, net.state_dict(), ["0123456789abcdef"])
+
+
+def test_segmenter_with_crf() -> None:
+    """The CRF runs on the log-softmax of the upsampled scores of the whole image; its labels go through the mapping
+    and mostly agree with the plain argmax."""
     backbone = create_backbone("efficientnet_lite0", pretrained=False)
-    image = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-    centroids = np.random.default_rng(2).normal(size=(4, 152))
-    direct = Segmenter(backbone, {"metric": "cosine", "centroids": centroids.tolist()}, np.arange(4),
-                       torch.device("cpu"))(image)
-    mapped = Segmenter(backbone, {"metric": "cosine", "centroids": centroids.tolist()}, np.array([2, -1, 0, 1]),
-                       torch.device("cpu"))(image)
-    assert direct.shape == (40, 56)
-    np.testing.assert_array_equal(mapped, np.array([2, 255, 0, 1])[direct])
-    with pytest.raises(ValueError, match="152-d"):
-        Segmenter(backbone, {"metric": "cosine", "centroids": [[0.0] * 10]}, np.arange(1), torch.device("cpu"))
+    image = np.random.default_rng(4).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    centroids = np.random.default_rng(5).normal(size=(4, 152))
+    model, mapping, lut = {"metric": "linear", "centroids": centroids.tolist()}, np.array([2, -1, 0, 1]), [2, 255, 0, 1]
+    plain = Segmenter(backbone, model, mapping, torch.device("cpu"))(image)
+    got = Segmenter(backbone, model, mapping, torch.device("cpu"), crf=CRFConfig())(image)
+    with torch.inference_mode():
+        scores = upsampled_scores(backbone(images_to_tensor(image[None], torch.device("cpu"))),
+                                  torch.tensor(centroids, dtype=torch.float32), "linear", (40, 56))[0]
+    expected = np.array(lut)[dense_crf(image, scores.log_softmax(0).numpy(), CRFConfig()).argmax(0)]
+    np.testing.assert_array_equal(got, expected)
+    assert (got == plain).mean() > 0.8
 
 
 def test_overlay_blends_and_keeps_ignored_pixels() -> None:

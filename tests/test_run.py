@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from kedro.framework.project import configure_project, pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from PIL import Image
 
 from unseg.core.data.sources import DatasetConfig, materialise_synthetic
 from unseg.pipeline_registry import ON_DEMAND
@@ -22,11 +24,11 @@ from unseg.pipelines.evaluation.pipeline import METHODS
 pytestmark = pytest.mark.integration
 
 
-def _run(project: Path, **kwargs: object) -> None:
+def _run(project: Path, pipeline: str = "__default__", **kwargs: object) -> None:
     bootstrap_project(project)
     configure_project("unseg")
     with KedroSession.create(project_path=project, env="test", **kwargs) as session:  # type: ignore[arg-type]
-        session.run(pipeline_name="__default__")
+        session.run(pipeline_name=pipeline)
 
 
 def test_default_pipeline_chains_every_registered_pipeline() -> None:
@@ -79,13 +81,31 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
         "reports/comparison_table.md", "reports/runs_summary.md", "reports/scores.json"}
     # the models: every fitted head (what predict reads by run id) and PiCIE's network as an MLflow model
     assert {a.path for a in client.list_artifacts(run.info.run_id, "models")} >= {
-        f"models/{m}_model_mlflow.json" for m in ("rgb_kmeans", "kmeans", "linear_probe", "primaps_em",
+        f"models/{m}_model_mlflow.json" for m in ("rgb_kmeans", "kmeans", "linear_probe", "picie", "primaps_em",
                                                   "picie_primaps_em")}
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
                                          filter_string=f"source_run_id = '{run.info.run_id}'")
     assert [m.name for m in logged] == ["picie"]
     scores = json.loads(next((project_copy / "data/07_model_output/kmeans_scores.json").glob("*/*.json")).read_text())
     assert scores["miou"] == pytest.approx(metrics["eval/kmeans/miou"])
+
+    # predict with this run's models: PiCIE (network + centroids) from the local files, PiCIE + PriMaPs-EM with the
+    # CRF from the MLflow run (its network is the run's MLflow model), PriMaPs-EM's student on the frozen backbone
+    folder = project_copy / "incoming"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(folder / "a.png")
+    for method, run_id in (("picie", None), ("picie_primaps_em_crf", f"runs:/{run.info.run_id}"),
+                           ("primaps_em_student", None)):
+        while mlflow.active_run() is not None:  # each CLI run is its own process; here they share one
+            mlflow.end_run()
+        _run(project_copy, "predict", runtime_params={"predict": {"input_dir": str(folder), "method": method,
+                                                                  "run_id": run_id}})
+        label = np.asarray(Image.open(project_copy / "data/07_model_output/predict/a/label.png"))
+        assert label.shape == (50, 70)
+        assert set(np.unique(label)) <= {*range(8), 255}
+        report = json.loads((project_copy / "data/08_reporting/predict_report.json").read_text())
+        assert (report["method"], report["images"], report["skipped"]) == (method, 1, [])
 
 
 def test_folder_source_with_bad_file_skipped(project_copy: Path) -> None:

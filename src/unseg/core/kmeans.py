@@ -123,6 +123,15 @@ def centroid_scores(features: torch.Tensor, centroids: torch.Tensor, metric: str
     raise ValueError(f"metric {metric!r}; valid: {', '.join(SCORE_METRICS)}")
 
 
+def upsampled_scores(features: torch.Tensor, centroids: torch.Tensor, metric: str,
+                     size: tuple[int, int] | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """centroid_scores in float32, upsampled bilinearly to `size` (None keeps (h, w)): (B, K, H, W)."""
+    scores = centroid_scores(features.float(), centroids.float(), metric, None if bias is None else bias.float())
+    if size is not None and tuple(scores.shape[-2:]) != tuple(size):
+        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    return scores
+
+
 def predict_labels(features: torch.Tensor, centroids: torch.Tensor, metric: str,
                    size: tuple[int, int] | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Nearest-centroid labels, with scores upsampled bilinearly to `size` before the argmax (PiCIE's evaluation).
@@ -137,7 +146,4 @@ def predict_labels(features: torch.Tensor, centroids: torch.Tensor, metric: str,
     Returns:
         int64 labels (B, H, W) in [0, K).
     """
-    scores = centroid_scores(features.float(), centroids.float(), metric, None if bias is None else bias.float())
-    if size is not None and tuple(scores.shape[-2:]) != tuple(size):
-        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-    return scores.argmax(1)
+    return upsampled_scores(features, centroids, metric, size, bias).argmax(1)

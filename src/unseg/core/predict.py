@@ -1,74 +1,157 @@
-"""Prediction on new images: a frozen backbone plus a scoring model (k-means centroids, the linear probe, or any
-linear prototype head) and the cluster -> class mapping found on val, to label maps and overlays.
+"""Prediction on new images: an encoder (the frozen backbone, or PiCIE's trained network) plus a scoring model
+(k-means centroids, the linear probe, or any linear prototype head), optionally a DenseCRF, and the cluster -> class
+mapping found on val, to label maps and overlays.
 
-Images are scored at their own resolution (the backbone resizes sides down to its input multiple); the scores are
-upsampled bilinearly to the image size before the argmax, as in evaluation.
+The frozen backbone scores images at their own resolution (it resizes sides down to its input multiple); PiCIE's
+network sees them at the scale it was trained and evaluated at (`PiCIEEncoder`). The scores are upsampled bilinearly
+to the image size before the argmax (or the CRF), as in evaluation.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from unseg.core.backbones import Backbone
 from unseg.core.features import images_to_tensor
-from unseg.core.kmeans import predict_labels
+from unseg.core.kmeans import upsampled_scores
+from unseg.core.picie.inference import state_fingerprint
+from unseg.core.picie.network import PiCIENet
+from unseg.core.primaps.crf import CRFConfig, dense_crf
 from unseg.core.primaps.prototypes import Prototypes
 
 logger = logging.getLogger(__name__)
+
+# the comparison table's methods that can segment new images (rgb_kmeans, the floor, cannot: it clusters colours)
+PREDICTABLE = ("kmeans", "linear_probe", "picie", "primaps_em", "primaps_em_crf", "primaps_em_student",
+               "picie_primaps_em", "picie_primaps_em_crf", "picie_primaps_em_student")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How a table method predicts.
+
+    Attributes:
+        model: the method whose fitted model it uses (`primaps_em_crf` and `primaps_em_student` use `primaps_em`'s).
+        role: the prototypes of a PriMaPs-EM model it scores with: teacher, or student.
+        crf: DenseCRF over the log-softmax of the upsampled scores.
+        picie: the features come from PiCIE's trained network, not the frozen backbone.
+    """
+
+    model: str
+    role: str
+    crf: bool
+    picie: bool
+
+
+def method_spec(method: str) -> MethodSpec:
+    """Raises ValueError for a method that cannot predict, listing those that can."""
+    if method not in PREDICTABLE:
+        raise ValueError(f"predict.method={method!r}; valid: {', '.join(PREDICTABLE)}")
+    student, crf = method.endswith("_student"), method.endswith("_crf")
+    return MethodSpec(method.removesuffix("_student").removesuffix("_crf"), "student" if student else "teacher", crf,
+                      method.startswith("picie"))
 
 
 def prediction_head(model: Mapping[str, Any], role: str = "teacher") -> dict[str, Any]:
     """The scoring head of a fitted model: {"metric", "centroids" (K, D), optional "bias", "backbone"}.
 
     k-means and probe models are heads already; a PriMaPs-EM model's prototypes (its `role`, teacher or student)
-    score the raw features with the weight g_k v_k / |v_k|, a linear head. Prediction runs the frozen backbone
-    without flip averaging or CRF.
+    score the raw features with the weight g_k v_k / |v_k|, a linear head. Prediction runs the encoder once, without
+    flip averaging.
 
     Raises:
-        ValueError: a model on PiCIE's learned features (the frozen backbone cannot feed it), or no such role.
+        ValueError: no such role.
     """
     if "centroids" in model:
         return dict(model)
-    if model.get("base") != "frozen":
-        raise ValueError(f"{model.get('method')}: prototypes on {model.get('base')} features; prediction on new "
-                         "images runs the frozen backbone only")
     if role not in model:
         raise ValueError(f"{model.get('method')}: the model has no {role!r} prototypes")
     weight = Prototypes.from_state(model[role]).weight().detach()
-    return {"metric": "linear", "centroids": weight.tolist(), "backbone": model.get("backbone")}
+    return {"metric": "linear", "centroids": weight.tolist(), "backbone": model.get("backbone"),
+            "weights": model.get("weights")}
+
+
+class PiCIEEncoder(torch.nn.Module):
+    """PiCIE's network on an image at the scale of its training and evaluation: the shorter side resized to the
+    network's input size (the prepared crop's side, which the paper's setting and ours resize it to), each side to the
+    nearest multiple of 32 (the network's deepest stride); features (B, dim, H' / 4, W' / 4)."""
+
+    multiple = 32
+
+    def __init__(self, net: PiCIENet, input_size: int) -> None:
+        super().__init__()
+        if input_size < self.multiple:
+            raise ValueError(f"PiCIE input size {input_size} is below {self.multiple}")
+        self.net, self.input_size, self.dim = net.eval(), int(input_size), net.dim
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.input_size / min(height, width)
+        return tuple(max(self.multiple, round(side * scale / self.multiple) * self.multiple)  # type: ignore[return-value]
+                     for side in (height, width))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) RGB in [0, 1]."""
+        size = self.input_shape(*images.shape[-2:])
+        if size != tuple(images.shape[-2:]):
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return self.net(images)
+
+
+def picie_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tensor],
+                  expected_weights: Iterable[str | None] = ()) -> PiCIEEncoder:
+    """PiCIE's network from its state dict, checked against the weight fingerprints the models were fitted on.
+
+    Args:
+        config: PiCIE's k-means model ({"arch", "input_size", "weights", ...}, the picie pipeline's `model_mlflow`).
+        state: the network's state dict.
+        expected_weights: further fingerprints that must match (None: not recorded, not checked).
+
+    Raises:
+        ValueError: the network is not the one the models were fitted on.
+    """
+    net = PiCIENet(config["arch"])
+    net.load_state_dict(state)
+    found = state_fingerprint(net)
+    for expected in (config.get("weights"), *expected_weights):
+        if expected is not None and expected != found:
+            raise ValueError(f"PiCIE's network (weights {found}) is not the one the model was fitted on (weights "
+                             f"{expected}): the network and the models must come from the same run")
+    return PiCIEEncoder(net, config["input_size"])
 
 
 @dataclass
 class Segmenter:
-    """Image -> class ids, from a frozen backbone and a centroid/linear model.
+    """Image -> class ids, from an encoder and a centroid/linear model.
 
     Args:
-        backbone: the frozen backbone the model was fitted on.
+        encoder: a frozen Backbone or a PiCIEEncoder: (B, 3, H, W) in [0, 1] -> (B, D, h, w); `dim` = D.
         model: {"metric", "centroids" (K, D), optional "bias" (K,)}, as the evaluation pipeline saves them.
         mapping: cluster -> class id (-1: unmatched), from the method's val scores.
+        crf: None: argmax of the upsampled scores; else the DenseCRF's marginals over their log-softmax, argmax.
         ignore_index: the label written where a cluster matched no class.
     """
 
-    backbone: Backbone
+    encoder: torch.nn.Module
     model: Mapping[str, Any]
     mapping: np.ndarray
     device: torch.device
     ignore_index: int = 255
+    crf: CRFConfig | None = None
 
     def __post_init__(self) -> None:
-        self.backbone.to(self.device)
+        self.encoder.to(self.device)
         self._centroids = torch.tensor(self.model["centroids"], dtype=torch.float32, device=self.device)
         bias = self.model.get("bias")
         self._bias = None if bias is None else torch.tensor(bias, dtype=torch.float32, device=self.device)
-        if self._centroids.shape[1] != self.backbone.cfg.dim:
-            raise ValueError(f"the model scores {self._centroids.shape[1]}-d features, backbone "
-                             f"{self.backbone.cfg.name} gives {self.backbone.cfg.dim}-d")
+        if self._centroids.shape[1] != self.encoder.dim:
+            raise ValueError(f"the model scores {self._centroids.shape[1]}-d features, the encoder gives "
+                             f"{self.encoder.dim}-d")
         if len(self.mapping) != len(self._centroids):
             raise ValueError(f"mapping has {len(self.mapping)} entries for {len(self._centroids)} clusters")
         self._lut = np.where(np.asarray(self.mapping) < 0, self.ignore_index, self.mapping).astype(np.int64)
@@ -77,9 +160,13 @@ class Segmenter:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) -> class ids (H, W) (uint8 when they fit, else int32)."""
         height, width = image.shape[:2]
-        feats = self.backbone(images_to_tensor(image[None], self.device))
-        clusters = predict_labels(feats, self._centroids, self.model["metric"], (height, width), self._bias)
-        labels = self._lut[clusters[0].cpu().numpy()]
+        feats = self.encoder(images_to_tensor(image[None], self.device))
+        scores = upsampled_scores(feats, self._centroids, self.model["metric"], (height, width), self._bias)[0]
+        if self.crf is None or not self.crf.enabled:
+            clusters = scores.argmax(0).cpu().numpy()
+        else:
+            clusters = dense_crf(image, scores.log_softmax(0).cpu().numpy(), self.crf).argmax(0)
+        labels = self._lut[clusters]
         return labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.int32)
 
 

@@ -77,6 +77,11 @@ class Backbone(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
         self._resized_from: set[tuple[int, int]] = set()  # sizes already warned about
 
+    @property
+    def dim(self) -> int:
+        """Channels of the dense output."""
+        return self.cfg.dim
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Dense features of a batch of images.
 

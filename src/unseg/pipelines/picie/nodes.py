@@ -59,13 +59,19 @@ def extract_features(state: PiCIENet | Mapping[str, torch.Tensor], train_images:
                  for store in (train_images, val_images))  # type: ignore[return-value]
 
 
-def fit_eval_kmeans(train_features: ShardStore, evaluation: dict[str, Any], dataset: dict[str, Any],
-                    seed: int) -> dict[str, Any]:
-    """The paper's final evaluation: a fresh k-means (K_test) on the un-augmented train features (cosine)."""
+def fit_eval_kmeans(train_features: ShardStore, network: dict[str, Any], evaluation: dict[str, Any],
+                    dataset: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The paper's final evaluation: a fresh k-means (K_test) on the un-augmented train features (cosine).
+
+    Returned twice (the versioned catalog copy and the MLflow run's models/), with what `predict` needs to rebuild
+    the features: the network's arch, its input size and the fingerprint of the weights the centroids belong to.
+    """
     config = EvalConfig(**_with_k(evaluation, dataset["num_classes"])).kmeans(seed)
     vectors = train_features.sample_vectors("feat", config.sample_size, seed)
-    return {"input": "feat", "metric": config.metric, "centroids": fit_kmeans(vectors, config).tolist(),
-            "backbone": train_features.attrs.get("backbone"), "weights": train_features.attrs.get("weights")}
+    model = {"input": "feat", "metric": config.metric, "centroids": fit_kmeans(vectors, config).tolist(),
+             "backbone": train_features.attrs.get("backbone"), "weights": train_features.attrs.get("weights"),
+             "arch": network["arch"], "input_size": train_features.attrs.get("input_size")}
+    return model, model
 
 
 def predict(kmeans: dict[str, Any], val_features: ShardStore, dataset: dict[str, Any],

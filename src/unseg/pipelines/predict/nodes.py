@@ -11,13 +11,11 @@ from PIL import Image
 
 from unseg.core.backbones import create_backbone
 from unseg.core.devices import resolve_device
-from unseg.core.predict import Segmenter, overlay, prediction_head
+from unseg.core.predict import Segmenter, method_spec, overlay, picie_encoder, prediction_head
+from unseg.core.primaps.crf import CRFConfig
 from unseg.core.visualise import label_palette
 
 logger = logging.getLogger(__name__)
-
-# methods whose fitted model is a head (centroids, linear weights, prototypes) on the frozen backbone features
-PREDICTABLE = ("kmeans", "linear_probe", "primaps_em", "primaps_em_student")
 
 
 def _decode(load: Callable[[], Any]) -> np.ndarray:
@@ -26,30 +24,34 @@ def _decode(load: Callable[[], Any]) -> np.ndarray:
 
 
 def segment_images(images: dict[str, Callable[[], Any]], trained: dict[str, Any], features: dict[str, Any],
-                   dataset: dict[str, Any], predict: dict[str, Any],
+                   crf: dict[str, Any], dataset: dict[str, Any], predict: dict[str, Any],
                    device: str) -> tuple[dict[str, Callable[[], Image.Image]], dict[str, Any]]:
     """Lazy `<image>/label` and `<image>/overlay` PNGs for every readable image; unreadable ones are listed.
 
-    `trained` is {"method", "model", "scores"} (TrainedModelDataset). Every image is decoded once here to find the
-    unreadable ones, then again when its outputs are saved, so memory holds one image's outputs at a time however
-    large the folder.
+    `trained` is {"method", "run_id", "model", "scores", "picie"} (TrainedModelDataset). Methods on the frozen
+    backbone run `features.*` (it must be the backbone the model was fitted on); PiCIE's and PiCIE + PriMaPs-EM's run
+    the trained PiCIE network of the same run; `_crf` methods add the DenseCRF of `primaps.crf`. Every image is decoded
+    once here to find the unreadable ones, then again when its outputs are saved, so memory holds one image's outputs
+    at a time however large the folder.
     """
     method, scores = trained["method"], trained["scores"]
     if (predict["method"], predict["run_id"]) != (method, trained.get("run_id")):
         raise ValueError(f"predict_model holds {method} (run {trained.get('run_id')}) but the parameters say "
                          f"{predict['method']} (run {predict['run_id']}): pass predict.method and predict.run_id "
                          "with --params, where the catalog reads them")
-    if method not in PREDICTABLE:
-        raise ValueError(f"predict.method={method}: predict segments with {', '.join(PREDICTABLE)} (heads on the "
-                         "frozen backbone)")
-    model = prediction_head(trained["model"], "student" if method.endswith("_student") else "teacher")
-    if model.get("backbone") not in (None, features["backbone"]):
+    spec = method_spec(method)
+    model = prediction_head(trained["model"], spec.role)
+    if spec.picie:
+        encoder = picie_encoder(trained["picie"]["model"], trained["picie"]["state"], [model.get("weights")])
+    elif model.get("backbone") not in (None, features["backbone"]):
         raise ValueError(f"the model was fitted on {model['backbone']} features; features.backbone is "
                          f"{features['backbone']}")
+    else:
+        encoder = create_backbone(features["backbone"], features["weights"], features["pretrained"])
     if not images:
         raise ValueError("no images to segment: the input folder is empty (pass --params predict.input_dir=...)")
-    segmenter = Segmenter(create_backbone(features["backbone"], features["weights"], features["pretrained"]),
-                          model, np.asarray(scores["mapping"]), resolve_device(device), dataset["ignore_index"])
+    segmenter = Segmenter(encoder, model, np.asarray(scores["mapping"]), resolve_device(device),
+                          dataset["ignore_index"], CRFConfig(**{**crf, "enabled": True}) if spec.crf else None)
     palette = label_palette(dataset["num_classes"])
     skipped, readable = [], []
     for name, load in sorted(images.items()):

@@ -104,9 +104,10 @@ def _fit(method: str, base_train: ShardStore, base_val: ShardStore, masks: Shard
     monitor = (lambda model: val_scores(model, val, val_images, dataset["num_classes"])) if em["monitor_val"] else None
     result = fit_em(EMData(teacher, student, masks, sample), config, target,
                     Path(em["checkpoint_dir"]) / f"{method}-{key}", centroids, monitor)
-    backbone = base_train.attrs.get("backbone") if name == "frozen" else None
-    model = {"method": method, "base": name, "backbone": backbone, "init": config.init, "online": online,
-             "num_prototypes": config.num_prototypes, "feature_dim": teacher.dim,
+    # the base features' producer (a frozen backbone, or picie_<arch> with the fingerprint of its weights)
+    backbone, weights = base_train.attrs.get("backbone"), base_train.attrs.get("weights")
+    model = {"method": method, "base": name, "backbone": backbone, "weights": weights, "init": config.init,
+             "online": online, "num_prototypes": config.num_prototypes, "feature_dim": teacher.dim,
              "teacher": result.teacher.state(), "student": result.student.state(), "epochs": config.epochs,
              "steps": result.steps, "teacher_updates": result.teacher_updates, "skipped_images": result.skipped,
              "checkpoint_key": key}
