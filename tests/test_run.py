@@ -18,6 +18,7 @@ from kedro.framework.startup import bootstrap_project
 from PIL import Image
 
 from unseg.core.data.sources import DatasetConfig, materialise_synthetic
+from unseg.core.store import ShardStore
 from unseg.pipeline_registry import ON_DEMAND
 from unseg.pipelines.evaluation.pipeline import METHODS
 
@@ -89,23 +90,31 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     scores = json.loads(next((project_copy / "data/07_model_output/kmeans_scores.json").glob("*/*.json")).read_text())
     assert scores["miou"] == pytest.approx(metrics["eval/kmeans/miou"])
 
-    # predict with this run's models: PiCIE (network + centroids) from the local files, PiCIE + PriMaPs-EM with the
-    # CRF from the MLflow run (its network is the run's MLflow model), PriMaPs-EM's student on the frozen backbone
-    folder = project_copy / "incoming"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(folder / "a.png")
+    # predict with this run's models on the prepared val crops reproduces the evaluation's val predictions: PiCIE
+    # (network + centroids) from the local files, PiCIE + PriMaPs-EM with the CRF from the MLflow run (its network is
+    # the run's MLflow model), PriMaPs-EM's student and the probe on the frozen backbone
+    def store(folder: str) -> ShardStore:
+        return ShardStore(next((project_copy / folder).glob("*/*/meta.json")).parent)
+
+    val = store("data/03_primary/val_images")
+    incoming = project_copy / "incoming"
+    incoming.mkdir()
+    for key in val.ids:
+        Image.fromarray(val.item(key, ["image"])["image"]).save(incoming / f"{key}.png")
     for method, run_id in (("picie", None), ("picie_primaps_em_crf", f"runs:/{run.info.run_id}"),
-                           ("primaps_em_student", None)):
+                           ("primaps_em_student", None), ("linear_probe", None)):
         while mlflow.active_run() is not None:  # each CLI run is its own process; here they share one
             mlflow.end_run()
-        _run(project_copy, "predict", runtime_params={"predict": {"input_dir": str(folder), "method": method,
+        _run(project_copy, "predict", runtime_params={"predict": {"input_dir": str(incoming), "method": method,
                                                                   "run_id": run_id}})
-        label = np.asarray(Image.open(project_copy / "data/07_model_output/predict/a/label.png"))
-        assert label.shape == (50, 70)
-        assert set(np.unique(label)) <= {*range(8), 255}
         report = json.loads((project_copy / "data/08_reporting/predict_report.json").read_text())
-        assert (report["method"], report["images"], report["skipped"]) == (method, 1, [])
+        assert (report["method"], report["images"], report["skipped"]) == (method, len(val), [])
+        mapping = np.array(json.loads((project_copy / "data/08_reporting/scores.json").read_text())[method]["mapping"])
+        lut = np.where(mapping < 0, 255, mapping)
+        evaluated = store(f"data/07_model_output/{method}_val_predictions")
+        agree = np.mean([np.mean(lut[evaluated.item(key, ["pred"])["pred"]] == np.asarray(
+            Image.open(project_copy / "data/07_model_output/predict" / key / "label.png"))) for key in val.ids])
+        assert agree > 0.99, f"{method}: predict agrees with the evaluation on {agree:.2%} of the val pixels"
 
 
 def test_folder_source_with_bad_file_skipped(project_copy: Path) -> None:
@@ -133,7 +142,6 @@ def test_features_with_a_local_dino_checkpoint(project_copy: Path) -> None:
     a released-DINO-style state dict (random values) read from a local file, no hub."""
     from unseg.core.backbones import create_backbone
     from unseg.core.features import weights_id
-    from unseg.core.store import ShardStore
 
     path = project_copy / "dino_deitsmall8_pretrain.pth"
     torch.save(create_backbone("dino_vits8", pretrained=False).body.model.state_dict(), path)
