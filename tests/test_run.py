@@ -68,6 +68,7 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
     assert run.data.tags["dataset"] == "synthetic" and run.data.tags["backbone"] == "efficientnet_lite0"
     assert run.data.tags["seed"] == "0" and run.data.tags["env"] == "test"
     assert set(run.data.tags["methods"].split(",")) >= {"rgb_kmeans", "kmeans"}
+    assert run.info.run_name == "__default__ synthetic efficientnet_lite0 seed 0"  # tells runs apart in the UI
     # parameters are logged flattened
     assert run.data.params["dataset.synthetic.num_train"] == "24"
     assert run.data.params["features.backbone"] == "efficientnet_lite0"

@@ -1,4 +1,5 @@
-"""Project hooks: tag each MLflow run with what a researcher filters by (data set, backbone, seed, methods)."""
+"""Project hooks: tag each MLflow run with what a researcher filters by (data set, backbone, seed, methods) and name
+it after them, so runs tell themselves apart in the MLflow UI's lists and chart legends."""
 
 from __future__ import annotations
 
@@ -27,11 +28,18 @@ def run_tags(params: dict[str, Any], pipeline: Pipeline, env: str | None) -> dic
     }
 
 
+def run_name(pipeline_name: str, tags: dict[str, str]) -> str:
+    """e.g. "__default__ synthetic efficientnet_lite0 seed 0"."""
+    return f"{pipeline_name} {tags['dataset']} {tags['backbone']} seed {tags['seed']}"
+
+
 class MlflowTagsHook:
-    """Sets run tags once the kedro-mlflow run is active (it starts in before_pipeline_run)."""
+    """Sets run tags once the kedro-mlflow run is active (it starts in before_pipeline_run), and the run name when
+    kedro-mlflow gave it the default one (the pipeline's name; conf/base/mlflow.yml tracking.run.name: null)."""
 
     def __init__(self) -> None:
         self._tags: dict[str, str] | None = None
+        self._pipeline_name = "__default__"
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
@@ -40,9 +48,14 @@ class MlflowTagsHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
         self._tags = run_tags(self._params, pipeline, self._env)
+        names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
+        self._pipeline_name = "+".join([names] if isinstance(names, str) else names)  # kedro-mlflow's default name
 
     @hook_impl
     def before_node_run(self) -> None:
-        if self._tags and mlflow.active_run() is not None:
+        run = mlflow.active_run()
+        if self._tags and run is not None:
             mlflow.set_tags(self._tags)
+            if run.info.run_name == self._pipeline_name:
+                mlflow.set_tag("mlflow.runName", run_name(self._pipeline_name, self._tags))
             self._tags = None
