@@ -78,9 +78,12 @@ def prediction_head(model: Mapping[str, Any], role: str = "teacher") -> dict[str
 
 
 class PiCIEEncoder(torch.nn.Module):
-    """PiCIE's network on an image at the scale of its training and evaluation: the shorter side resized to the
-    network's input size (the prepared crop's side, which the paper's setting and ours resize it to), each side to the
-    nearest multiple of 32 (the network's deepest stride); features (B, dim, H' / 4, W' / 4)."""
+    """PiCIE's network on an image at the scale of its training and evaluation, features (B, dim, H' / 4, W' / 4).
+
+    Evaluation resizes the prepared crop (a centre crop of the image resized to shorter side = crop side) to the
+    network's input size; here the image's shorter side goes to the input size, then each side to the nearest
+    multiple of 32 (the network's deepest stride). On a prepared crop both agree exactly.
+    """
 
     multiple = 32
 
