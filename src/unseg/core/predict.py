@@ -59,7 +59,7 @@ def method_spec(method: str) -> MethodSpec:
 
 
 def prediction_head(model: Mapping[str, Any], role: str = "teacher") -> dict[str, Any]:
-    """The scoring head of a fitted model: {"metric", "centroids" (K, D), optional "bias", "backbone"}.
+    """The scoring head of a fitted model: {"metric", "centroids" (K, D), optional "bias", "backbone", "weights"}.
 
     k-means and probe models are heads already; a PriMaPs-EM model's prototypes (its `role`, teacher or student)
     score the raw features with the weight g_k v_k / |v_k|, a linear head. Prediction runs the encoder once, without
