@@ -166,3 +166,41 @@ def test_use_gpu_without_a_gpu_build_falls_back_to_cpu(caplog: pytest.LogCapture
         on_gpu = fit_kmeans(x, cfg, use_gpu=True)
     assert "runs on the CPU" in caplog.text
     np.testing.assert_array_equal(on_gpu, fit_kmeans(x, cfg))
+
+
+# A row of three cells whose middle cell is only just nearest centroid 1 while its neighbours are strongly nearest
+# centroid 0. Upsampled x4 (align_corners=False), output pixel j reads input x = (j + 0.5) / 4 - 0.5, so every output
+# pixel mixes the middle cell with at least 1/8 of a neighbour: bilinear SCORES put all 12 pixels on centroid 0, while
+# upsampling the LABELS (nearest) would give [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0].
+WEAK_MIDDLE = {
+    "linear": torch.tensor([[10.0, 0.0, 10.0], [0.0, 1.0, 0.0]]),
+    "cosine": torch.tensor([[1.0, 0.7, 1.0], [0.0, 0.714, 0.0]]),
+    "euclidean": torch.tensor([[1.0, 0.48, 1.0], [0.0, 0.52, 0.0]]),
+}
+
+
+@pytest.mark.parametrize("metric", ["linear", *METRICS])
+def test_predict_labels_upsamples_scores_where_label_upsampling_differs(metric: str) -> None:
+    features = WEAK_MIDDLE[metric].reshape(1, 2, 1, 3)
+    centroids = torch.eye(2)
+    assert torch.equal(predict_labels(features, centroids, metric)[0, 0], torch.tensor([0, 1, 0]))
+    labels = predict_labels(features, centroids, metric, size=(1, 12))
+    assert torch.equal(labels[0, 0], torch.zeros(12, dtype=torch.int64))
+
+
+def test_linear_scores_add_the_bias_per_class() -> None:
+    """The probe's "linear" metric is a 1x1 convolution: raw dot product plus the class bias."""
+    features = torch.tensor([[[[2.0]], [[3.0]]]])  # (1, 2, 1, 1)
+    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    scores = centroid_scores(features, weights, "linear", torch.tensor([0.5, -1.0, 0.0]))
+    torch.testing.assert_close(scores[0, :, 0, 0], torch.tensor([2.5, 2.0, 5.0]))
+
+
+def test_the_seed_changes_the_fit() -> None:
+    """Different seeds draw different samples (sample_size < N) and different initial centroids: the centroids
+    differ, while each seed's fit is reproducible."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 8)).astype(np.float32)  # no cluster structure: the optimum depends on the start
+    fits = [fit_kmeans(x, KMeansConfig(num_clusters=5, sample_size=300, num_iters=10, seed=s)) for s in (0, 1, 0)]
+    np.testing.assert_array_equal(fits[0], fits[2])
+    assert not np.allclose(fits[0], fits[1], atol=1e-3)

@@ -257,3 +257,108 @@ def test_subset_miou() -> None:
         assert np.isnan(subset_miou(iou, []))
     with pytest.raises(ValueError):
         subset_miou(iou, [4])
+
+
+# --- matching that greedy gets wrong, edge sizes, and the checks' messages -------------------------------------------
+
+def test_hungarian_beats_greedy_where_greedy_fails() -> None:
+    """[[5, 4], [4, 0]]: greedy takes the 5 first and ends with 5 + 0; the optimum pairs the two 4s (8 pixels)."""
+    hist = np.array([[5, 4], [4, 0]])
+    mapping = hungarian_match(hist)
+    np.testing.assert_array_equal(mapping, [1, 0])
+    assert mapping.dtype == np.int64
+    scores = scores_from_confusion(hist)
+    assert scores.acc == pytest.approx(100 * 8 / 13)
+    # class 0: TP 4 (cluster 1), FP 0, FN 5; class 1: TP 4 (cluster 0), FP 5, FN 0
+    np.testing.assert_allclose(scores.iou, [100 * 4 / 9, 100 * 4 / 9])
+
+
+def test_hungarian_beats_greedy_with_over_clustering() -> None:
+    """3 classes x 4 clusters where taking the largest cell first (9) costs 3 pixels against the optimum."""
+    hist = np.array([[9, 8, 0, 0], [8, 0, 0, 1], [0, 0, 2, 0]])
+    # greedy: (0,0)=9, then class 1 gets cluster 3 (1), class 2 cluster 2 (2): 12; optimum: 8 + 8 + 2 = 18
+    np.testing.assert_array_equal(hungarian_match(hist), [1, 0, 2, -1])
+    assert scores_from_confusion(hist).acc == pytest.approx(100 * 18 / 28)
+
+
+def test_one_class_one_cluster_is_valid() -> None:
+    """K = C = 1 is the smallest valid problem (every check uses < 1, not <= 1)."""
+    hist = confusion_matrix(np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), 1, 1)
+    np.testing.assert_array_equal(hist, [[3]])
+    assert hist.dtype == np.int64
+    accumulator = ConfusionAccumulator(1, 1)
+    accumulator.update(np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int64))
+    assert accumulator.hist.dtype == np.int64
+    assert accumulator.scores().acc == 100.0
+
+
+def test_a_single_evaluated_pixel_is_scored() -> None:
+    """One pixel, rightly predicted: accuracy and IoU are 100, not NaN."""
+    scores = scores_from_confusion(np.array([[1]]))
+    assert scores.acc == 100.0
+    np.testing.assert_array_equal(scores.iou, [100.0])
+
+
+def test_a_class_with_one_pixel_has_an_iou() -> None:
+    """A class whose TP + FP + FN is exactly 1 gets IoU 100 (its own pixel), not NaN."""
+    scores = scores_from_confusion(np.array([[1, 0], [0, 5]]))
+    np.testing.assert_array_equal(scores.iou, [100.0, 100.0])
+
+
+def test_empty_confusion_gives_nan_accuracy_without_warnings() -> None:
+    """No evaluated pixel: accuracy and every IoU are NaN, and numpy's 0/0 warnings stay silent."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = scores_from_confusion(np.zeros((2, 2), dtype=np.int64))
+    assert np.isnan(scores.acc)
+    assert np.isnan(scores.iou).all()
+
+
+def test_accumulator_scores_default_to_hungarian() -> None:
+    """scores() without arguments is the one-to-one Hungarian result, not the majority vote."""
+    accumulator = ConfusionAccumulator(2, 3)
+    labels = np.repeat([0, 1], [65, 55])
+    preds = np.concatenate([np.repeat([0, 1, 2], [50, 10, 5]), np.repeat([0, 1, 2], [5, 30, 20])])
+    accumulator.update(labels, preds)
+    assert accumulator.scores().acc == scores_from_confusion(OVER_HIST, "hungarian").acc
+    assert accumulator.scores().acc != scores_from_confusion(OVER_HIST, "majority").acc
+
+
+def test_float_confusion_is_counted_as_integers() -> None:
+    """A float hist (e.g. summed in float) is validated to int64 before matching: the remapped matrix is int64."""
+    remapped = remap_confusion(np.array([[3.0, 1.0], [0.0, 2.0]]), np.array([0, 1]))
+    assert remapped.dtype == np.int64
+    np.testing.assert_array_equal(remapped, [[3, 1], [0, 2]])
+
+
+INTS = np.zeros(2, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: confusion_matrix(INTS, INTS, 0, 2), ValueError, "must be positive, got 0 and 2"),
+        (lambda: confusion_matrix(INTS, INTS, 2, 0), ValueError, "must be positive, got 2 and 0"),
+        (lambda: ConfusionAccumulator(0, 2), ValueError, "must be positive, got 0 and 2"),
+        (lambda: ConfusionAccumulator(2, 0), ValueError, "must be positive, got 2 and 0"),
+        (lambda: confusion_matrix(np.zeros(2), INTS, 2, 2), TypeError, "^labels must have an integer dtype"),
+        (lambda: confusion_matrix(INTS, np.zeros(2), 2, 2), TypeError, "^preds must have an integer dtype"),
+        (lambda: hungarian_match(np.zeros(3)), ValueError, "non-empty 2-D array, got shape"),
+        (lambda: hungarian_match(np.zeros((0, 3))), ValueError, "non-empty 2-D array, got shape"),
+        (lambda: hungarian_match(np.array([[1, -1]])), ValueError, "must not contain negative counts"),
+        (lambda: remap_confusion(np.ones((2, 2)), np.array([0])), ValueError, r"mapping must have shape \(2,\)"),
+        (lambda: remap_confusion(np.ones((2, 2)), np.array([-2, 0])), ValueError, r"lie in \[-1, 2\)"),
+        (lambda: subset_miou(np.array([1.0, 2.0]), [2]), ValueError, r"class indices must lie in \[0, 2\)"),
+        (lambda: SegmentationScores(1.0, 1.0, np.ones(2), np.zeros(2)).as_dict(["a"]), ValueError,
+         "got 1 class names for 2 classes"),
+    ],
+)
+def test_bad_input_errors_say_what_is_wrong(call, error: type[Exception], match: str) -> None:
+    """Every check of the metrics raises with a message naming the problem."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_one_by_one_hist_passes_validation() -> None:
+    """A (1, 1) hist is non-empty: it is matched, not rejected."""
+    np.testing.assert_array_equal(hungarian_match(np.array([[0]])), [0])

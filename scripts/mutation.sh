@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Mutation testing of the method cores with mutmut (configured in pyproject.toml, [tool.mutmut]); not run in CI: a
+# full run takes about 70 minutes on 2 cores. Prints the score per module (killed / checked mutants) at the end.
+#
+#   bash scripts/mutation.sh                      every configured module, from scratch
+#   bash scripts/mutation.sh core/picie/loss.py   one or more modules (their mutants re-run, other results kept)
+#   bash scripts/mutation.sh --survivors          re-run only the mutants that survived the last run (after new tests)
+#
+# Inspect a survivor with `.venv/bin/mutmut show NAME`; docs/testing.md lists the ones that are equivalent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export KEDRO_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+patterns=()
+if [ "${1:-}" = "--survivors" ]; then
+    mapfile -t patterns < <(.venv/bin/python scripts/mutation_score.py --survivors | sed -n 's/^    //p')
+    [ ${#patterns[@]} -gt 0 ] || { echo "no survivors to re-run"; exit 0; }
+elif [ $# -gt 0 ]; then
+    for module in "$@"; do
+        module=${module#src/}; module=${module#unseg/}; module=${module%.py}
+        patterns+=("unseg.${module//\//.}.*")
+    done
+else
+    rm -rf mutants
+fi
+mkdir -p mutants
+echo "mutmut run: progress in mutants/mutmut.log"
+.venv/bin/mutmut run "${patterns[@]}" > mutants/mutmut.log 2>&1 || { tail -n 30 mutants/mutmut.log; exit 1; }
+.venv/bin/python scripts/mutation_score.py
