@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from unseg.core.backbones import create_backbone
 from unseg.core.features import FeatureStream
+from unseg.core.metrics import confusion_matrix, scores_from_confusion
 from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
 from unseg.datasets import ShardStoreDataset
 from unseg.pipeline_registry import register_pipelines
@@ -198,6 +199,21 @@ def test_val_predictions_for_the_evaluation_template(primaps_run: dict[str, Any]
     assert set(np.unique(values).tolist()) <= set(range(K))
 
 
+def hungarian_accuracy(preds: ShardStore, val: ShardStore) -> float:
+    labels = np.concatenate([s["label"] for s in val.iter_shards(["label"])])
+    values = np.concatenate([s["pred"] for s in preds.iter_shards()])
+    return scores_from_confusion(confusion_matrix(labels, values, K, K)).acc
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_near_perfect_on_separable_features(primaps_run: dict[str, Any], method: str) -> None:
+    """Orthogonal class directions with little noise and masks that follow the classes: the fitted prototypes
+    segment val almost perfectly: measured 98.4 (teacher), 100.0 (+ CRF), 98.8 (student), 99.97 (on PiCIE-like
+    features); the floor of 90 leaves room for the bilinear class boundaries of a stride-8 grid."""
+    catalog = primaps_run["catalog"]
+    assert hungarian_accuracy(catalog.load(f"{method}.val_predictions"), catalog.load("prm_val_images")) > 90.0
+
+
 def test_rerun_resumes_from_the_finished_checkpoint(primaps_run: dict[str, Any]) -> None:
     catalog = primaps_run["catalog"]
     folders = [p for p in (primaps_run["tmp"] / "checkpoints").iterdir() if p.name.startswith("primaps_em-")]
@@ -215,6 +231,7 @@ def test_picie_combination(primaps_run: dict[str, Any]) -> None:
         name = f"picie_{method}.val_predictions"
         preds: ShardStore = primaps_run["catalog"].load(name)
         assert preds.fields == {"pred": FieldSpec("uint8", (CROP, CROP))} and preds.attrs["num_clusters"] == K
+        assert hungarian_accuracy(preds, primaps_run["catalog"].load("prm_val_images")) > 90.0, name
 
 
 def test_picie_base_refuses_online_augmentation(primaps_run: dict[str, Any], tmp_path: Path,
