@@ -291,6 +291,13 @@ def test_metrics_of_includes_majority_and_subsets_when_present() -> None:
         f"eval/over/{key}" for key in ("acc", "miou", "miou_things", "miou_stuff", "majority_acc", "majority_miou")}
 
 
+def test_metrics_of_refuses_a_record_whose_names_and_ious_differ_in_length() -> None:
+    """A record with 2 class names for 3 IoUs is corrupt: no metric is logged under a shifted name."""
+    record = {**method_scores("m", PERMUTED, NAMES), "class_names": NAMES[:2]}
+    with pytest.raises(ValueError, match="zip"):
+        metrics_of([record])
+
+
 def test_metrics_of_skips_nan_subset_scores() -> None:
     # the only thing class is absent and never predicted: its subset mIoU is NaN and not logged
     record = method_scores("m", np.array([[5, 0, 0], [0, 7, 0], [0, 0, 0]]), NAMES, things=[2], stuff=[0, 1])

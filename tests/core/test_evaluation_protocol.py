@@ -20,7 +20,7 @@ from unseg.core.picie.train import TrainConfig, train_picie
 from unseg.core.picie.views import ViewConfig
 from unseg.core.primaps.predict import val_scores
 from unseg.core.primaps.sources import StoreFeatures
-from unseg.core.primaps.train import EMConfig, EMData, fit_em
+from unseg.core.primaps.train import EMConfig, EMData, EMResult, fit_em
 from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
 
 CPU = torch.device("cpu")
@@ -113,26 +113,46 @@ def test_picie_val_monitoring_does_not_change_the_trained_network(tmp_path: Path
         torch.testing.assert_close(value, blind.network.state_dict()[name], rtol=0, atol=0, msg=name)
 
 
-def test_primaps_em_val_monitoring_does_not_change_the_prototypes(tmp_path: Path) -> None:
-    """PriMaPs-EM with the val monitor (teacher scored on val labels every epoch) and without it: same teacher and
-    student, to the bit."""
+@pytest.fixture
+def em_setup(tmp_path: Path) -> dict:
+    """8 images of 4x4-cell class blocks (3 classes), their features (class direction + noise) and PriMaPs = the
+    blocks' classes; val = the same images with labels."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.repeat(rng.integers(0, 3, (8, 4, 4)), 2, 1), 2, 2).astype(np.uint8)  # (8, 8, 8)
     feats = (np.eye(3, 6)[labels[:, ::2, ::2]] * 3 + rng.normal(0, 0.5, (8, 4, 4, 6))).transpose(0, 3, 1, 2)
     ids = [f"img{i}" for i in range(8)]
     features = StoreFeatures(store(tmp_path / "feat", ids, feat=feats.astype(np.float16)), CPU)
     masks = store(tmp_path / "masks", ids, mask=labels)
-    val_images = store(tmp_path / "val", ids, image=np.zeros((8, 8, 8, 3), np.uint8), label=labels)
-    config = EMConfig(num_prototypes=3, epochs=2, batch_size=4, lr=0.02, init="centroids", ema_every=1, seed=0)
-    centroids = np.eye(3, 6, dtype=np.float32) + 0.3
-    data = EMData(features, features, masks, np.zeros((0, 6), np.float32))
-    monitored = fit_em(data, config, CPU, centroids=centroids,
-                       monitor=lambda teacher: val_scores(teacher, features, val_images, 3))
-    assert "val_miou" in monitored.history[-1]
-    blind = fit_em(data, config, CPU, centroids=centroids)
+    return {"data": EMData(features, features, masks, np.zeros((0, 6), np.float32)),
+            "val": store(tmp_path / "val", ids, image=np.zeros((8, 8, 8, 3), np.uint8), label=labels),
+            "centroids": np.eye(3, 6, dtype=np.float32) + 0.3}
+
+
+def em_config(seed: int) -> EMConfig:
+    return EMConfig(num_prototypes=3, epochs=2, batch_size=4, lr=0.02, init="centroids", ema_every=1, seed=seed)
+
+
+def assert_same_prototypes(a: EMResult, b: EMResult) -> None:
     for name in ("teacher", "student"):
-        for key, value in getattr(monitored, name).state().items():
-            torch.testing.assert_close(value, getattr(blind, name).state()[key], rtol=0, atol=0, msg=f"{name} {key}")
+        for key, value in getattr(a, name).state_dict().items():
+            torch.testing.assert_close(value, getattr(b, name).state_dict()[key], rtol=0, atol=0, msg=f"{name} {key}")
+
+
+def test_primaps_em_val_monitoring_does_not_change_the_prototypes(em_setup: dict) -> None:
+    """PriMaPs-EM with the val monitor (teacher scored on val labels every epoch) and without it: same teacher and
+    student, to the bit."""
+    features = em_setup["data"].teacher
+    monitored = fit_em(em_setup["data"], em_config(0), CPU, centroids=em_setup["centroids"],
+                       monitor=lambda teacher: val_scores(teacher, features, em_setup["val"], 3))
+    assert "val_miou" in monitored.history[-1]
+    assert_same_prototypes(monitored, fit_em(em_setup["data"], em_config(0), CPU, centroids=em_setup["centroids"]))
+
+
+def test_primaps_em_seed_changes_the_batches_and_so_the_prototypes(em_setup: dict) -> None:
+    """The seed draws the batch order: another seed gives other prototypes, the same seed the same ones."""
+    runs = [fit_em(em_setup["data"], em_config(s), CPU, centroids=em_setup["centroids"]) for s in (0, 1, 0)]
+    assert_same_prototypes(runs[0], runs[2])
+    assert not torch.equal(runs[0].student.direction, runs[1].student.direction)
 
 
 # -------------------------------------------------------------------------- predictions aligned with labels by id
