@@ -196,6 +196,15 @@ def test_linear_scores_add_the_bias_per_class() -> None:
     torch.testing.assert_close(scores[0, :, 0, 0], torch.tensor([2.5, 2.0, 5.0]))
 
 
+def test_predict_labels_passes_the_bias_on() -> None:
+    """The probe's bias reaches the scores before the argmax, at feature and at evaluation resolution: a bias of
+    +3 on class 1 wins every pixel whose raw scores favour class 0 by less than 3."""
+    features = torch.tensor([[[[2.0, 5.0]], [[0.0, 0.0]]]])  # (1, 2, 1, 2): raw scores (2, 0) and (5, 0)
+    bias = torch.tensor([0.0, 3.0])
+    assert torch.equal(predict_labels(features, torch.eye(2), "linear", bias=bias)[0, 0], torch.tensor([1, 0]))
+    assert torch.equal(predict_labels(features, torch.eye(2), "linear", (1, 4), bias)[0, 0], torch.tensor([1, 1, 0, 0]))
+
+
 def test_the_seed_changes_the_fit() -> None:
     """Different seeds draw different samples (sample_size < N) and different initial centroids: the centroids
     differ, while each seed's fit is reproducible."""
