@@ -72,3 +72,21 @@ def test_unknown_class_weight_option_lists_the_valid_ones() -> None:
         LossConfig(class_weights="balanced")
     with pytest.raises(ValueError, match="inverse, frequency, none"):
         class_weights(np.ones(3), "balanced")
+
+
+def test_class_weights_count_single_pixel_clusters_and_are_float32() -> None:
+    """A cluster with one pixel is present (weighs in), only empty ones get 0; weights come as float32."""
+    counts = np.array([1, 3, 0])
+    inverse = class_weights(counts, "inverse")
+    assert inverse.dtype == torch.float32
+    np.testing.assert_allclose(inverse.numpy(), np.array([1.0, 1 / 3, 0.0]) / np.mean([1.0, 1 / 3]), rtol=1e-6)
+    np.testing.assert_allclose(class_weights(counts, "frequency").numpy(), [0.5, 1.5, 0.0], rtol=1e-6)
+
+
+def test_float32_class_weights_serve_float64_features() -> None:
+    """The weights follow the features' dtype: the same loss in float64 as in float32."""
+    w1, w2 = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.5])
+    single = picie_loss(F1, F2, Y1, Y2, C1, C2, w1, w2)
+    double = picie_loss(F1.double(), F2.double(), Y1, Y2, C1.double(), C2.double(), w1, w2)
+    assert double.loss.dtype == torch.float64
+    assert double.loss.item() == pytest.approx(single.loss.item(), rel=1e-6)

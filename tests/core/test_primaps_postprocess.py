@@ -74,3 +74,47 @@ def test_labels_from_scores_background_is_ignore() -> None:
 def test_median_needs_two_cells_per_side(size: tuple[int, int]) -> None:
     with pytest.raises((RuntimeError, ValueError)):
         median3x3(torch.zeros(*size))
+
+
+def test_background_mean_is_per_image_and_counts_a_single_cell() -> None:
+    """The mean of the non-zero mask values is taken per image, over however many cells (here exactly one).
+
+    Image 0: a plus of five cells of 0.08 in a 5x5 grid; the median keeps only its centre (5 of 9 non-zero there,
+    4 of 9 on the arms), x10: 0.8, so the mean is 0.8 over one cell and the background 0.8 - 0 = 0.8 off the centre,
+    0 at it. Image 1: mask 0 = 1.0 everywhere (after x10 and clamp), mean 1, background 0 everywhere.
+    """
+    masks = torch.zeros(2, 1, 5, 5)
+    masks[0, 0, 2, 1:4] = 0.08
+    masks[0, 0, 1:4, 2] = 0.08
+    masks[1, 0] = 0.5
+    out = masks_to_logits(masks, torch.tensor([1, 1])).exp()
+    expected_bg = torch.full((5, 5), math.exp(0.8) / (math.exp(0.8) + 1.0))
+    expected_bg[2, 2] = 1.0 / (1.0 + math.exp(0.8))
+    torch.testing.assert_close(out[0, 0], expected_bg)
+    torch.testing.assert_close(out[1, 0], torch.full((5, 5), 1.0 / (1.0 + math.e)))
+
+
+def test_scaled_masks_are_clamped_below_at_zero() -> None:
+    """clamp(10 m, 0, 1): a (out-of-range) negative mask value counts as 0, not as a negative logit."""
+    masks = torch.zeros(1, 2, 3, 3)
+    masks[0, 0] = 0.5  # -> 1 everywhere: the mean of the non-zero values is 1
+    masks[0, 1] = -0.05
+    out = masks_to_logits(masks, torch.tensor([2]))
+    # background = clamp(1 - 1 - 0, 0, 1) = 0; logits (0, 1, 0)
+    norm = math.log(2.0 + math.e)
+    torch.testing.assert_close(out[0, :, 1, 1], torch.tensor([-norm, 1.0 - norm, -norm]))
+
+
+def test_upsample_is_bilinear_without_aligned_corners() -> None:
+    """1x2 -> 1x4 with align_corners=False: a, 0.75 a + 0.25 b, 0.25 a + 0.75 b, b; -inf channels stay -inf."""
+    logits = torch.tensor([[[[0.0, 4.0]], [[float("-inf"), float("-inf")]]]])
+    up = upsample(logits, (1, 4))
+    torch.testing.assert_close(up[0, 0, 0], torch.tensor([0.0, 1.0, 3.0, 4.0]))
+    assert torch.isneginf(up[0, 1]).all()
+    assert upsample(logits, (1, 2)) is logits
+
+
+def test_labels_from_scores_first_mask_is_label_zero_and_ties_go_first() -> None:
+    """Channel 1 (mask 0) winning gives label 0; a tie goes to the first channel (background -> 255)."""
+    scores = torch.tensor([[[[0.1, 0.5, 0.2]], [[0.8, 0.5, 0.2]], [[0.1, 0.0, 0.6]]]])  # (1, 3, 1, 3)
+    np.testing.assert_array_equal(labels_from_scores(scores).numpy(), [[[0, 255, 1]]])
