@@ -41,20 +41,23 @@ GREEDY = """\
             cluster_idx.append(c)
 """
 
+PICIE_TESTS = ("tests/core/test_picie_views.py", "tests/core/test_picie_loss.py", "tests/core/test_picie_epoch.py",
+               "tests/core/test_picie_train.py")
+
 BUGS = (
     Bug("hungarian replaced by greedy matching", "core/metrics.py",
         "    class_idx, cluster_idx = linear_sum_assignment(hist, maximize=True)\n", GREEDY,
         ("tests/core/test_metrics.py", "tests/core/test_evaluate.py")),
     Bug("picie: both views with view 1's photometric parameters", "core/picie/views.py",
         "    x = photometric(base, params, view)\n", "    x = photometric(base, params, 0)\n",
-        ("tests/core/test_picie_views.py", "tests/core/test_picie_train.py")),
+        PICIE_TESTS),
     Bug("picie: labels y1 and y2 swapped in the batch loss", "core/picie/train.py",
         "    y1, y2 = (torch.from_numpy(", "    y2, y1 = (torch.from_numpy(",
-        ("tests/core/test_picie_train.py", "tests/core/test_picie_loss.py")),
+        PICIE_TESTS),
     Bug("picie: T not applied to view 2's features", "core/picie/train.py",
         "    f2 = transform_features(ctx.net(view_input(base, sub, 1, ctx.views)), sub)\n",
         "    f2 = ctx.net(view_input(base, sub, 1, ctx.views))\n",
-        ("tests/core/test_picie_train.py", "tests/core/test_picie_views.py")),
+        PICIE_TESTS),
     Bug("primaps: principal direction over all cells, not the uncovered ones", "core/primaps/proposals.py",
         "        direction = principal_directions(x, fr, config.solver)\n",
         "        direction = principal_directions(x, torch.ones_like(fr), config.solver)\n",
