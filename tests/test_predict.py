@@ -31,12 +31,13 @@ MAPPING = [3, 1, 0, 2, 4, 5, -1, 7]  # cluster 6 matched no class
 
 
 def _incoming(root: Path, rng: np.random.Generator) -> Path:
-    """Two readable images and a corrupt one."""
+    """Two readable images, a corrupt one and a file that is not an image."""
     folder = root / "incoming"
     folder.mkdir()
     for name, size in (("a.png", (48, 40)), ("b.jpg", (33, 50))):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / name)
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image")
     return folder
 
 
@@ -47,15 +48,18 @@ def _predict(root: Path, params: str) -> None:
 
 
 def _check_outputs(root: Path, method: str) -> None:
-    out = root / "data/07_model_output/predict"
+    """The run's outputs: the newest version of the report and the label maps and overlays of that version."""
+    report_file = max((root / "data/08_reporting/predict_report.json").glob("*/predict_report.json"))
+    out = root / "data/07_model_output/predict" / report_file.parent.name / "predict"
     assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
     for stem, size in (("a", (48, 40)), ("b", (33, 50))):
         label = np.asarray(Image.open(out / stem / "label.png"))
         assert label.shape == size
         assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5, 7, 255}  # class ids; 255 for the unmatched cluster
         assert np.asarray(Image.open(out / stem / "overlay.png")).shape == (*size, 3)
-    report = json.loads((root / "data/08_reporting/predict_report.json").read_text())
+    report = json.loads(report_file.read_text())
     assert report["images"] == 2 and report["method"] == method and report["class_names"] == CLASSES
+    assert report["ignored"] == ["notes.txt"] and report["resized"] == []
     assert [s["image"] for s in report["skipped"]] == ["broken.png"]
     assert "unreadable image" in report["skipped"][0]["problem"]
 
@@ -70,8 +74,14 @@ def test_predict_folder_with_a_corrupt_file(project_copy: Path) -> None:
     (project_copy / "data/08_reporting").mkdir(parents=True)
     scores = {"kmeans": {"method": "kmeans", "mapping": MAPPING, "class_names": CLASSES}}
     (project_copy / "data/08_reporting/scores.json").write_text(json.dumps(scores))
+    earlier = {"data/07_model_output/predict/2000-01-01T00.00.00.000Z/predict/a/label.png": b"an earlier run's",
+               "data/08_reporting/predict_report.json/2000-01-01T00.00.00.000Z/predict_report.json": b"{}"}
+    for name, content in earlier.items():
+        (project_copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (project_copy / name).write_bytes(content)
     _predict(project_copy, f"predict.input_dir={_incoming(project_copy, rng)}")
     _check_outputs(project_copy, "kmeans")
+    assert all((project_copy / name).read_bytes() == content for name, content in earlier.items())
 
 
 def test_predict_with_primaps_from_an_mlflow_run(project_copy: Path, tmp_path: Path) -> None:

@@ -116,13 +116,15 @@ def test_default_run_tracks_metrics_table_and_plots(project_copy: Path) -> None:
             mlflow.end_run()
         _run(project_copy, "predict", runtime_params={"predict": {"input_dir": str(incoming), "method": method,
                                                                   "run_id": run_id}})
-        report = json.loads((project_copy / "data/08_reporting/predict_report.json").read_text())
+        report_file = max((project_copy / "data/08_reporting/predict_report.json").glob("*/predict_report.json"))
+        report = json.loads(report_file.read_text())
         assert (report["method"], report["images"], report["skipped"]) == (method, len(val), [])
         mapping = np.array(json.loads((project_copy / "data/08_reporting/scores.json").read_text())[method]["mapping"])
         lut = np.where(mapping < 0, 255, mapping)
         evaluated = store(f"data/07_model_output/{method}_val_predictions")
         agree = np.mean([np.mean(lut[evaluated.item(key, ["pred"])["pred"]] == np.asarray(
-            Image.open(project_copy / "data/07_model_output/predict" / key / "label.png"))) for key in val.ids])
+            Image.open(project_copy / "data/07_model_output/predict" / report_file.parent.name / "predict" / key
+                       / "label.png"))) for key in val.ids])
         assert agree > 0.99, f"{method}: predict agrees with the evaluation on {agree:.2%} of the val pixels"
 
 

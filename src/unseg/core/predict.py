@@ -2,9 +2,12 @@
 (k-means centroids, the linear probe, or any linear prototype head), optionally a DenseCRF, and the cluster -> class
 mapping found on val, to label maps and overlays.
 
-The frozen backbone scores images at their own resolution (it resizes sides down to its input multiple); PiCIE's
-network sees them at the scale it was trained and evaluated at (`PiCIEEncoder`). The scores are upsampled bilinearly
-to the image size before the argmax (or the CRF), as in evaluation.
+Images whose longer side exceeds `predict.max_side` are first resized (bilinear, antialiased) so that it is
+`max_side` (`working_size`, `resize_image`): every step after that, and the label map and overlay written, are at that
+working size, so memory and time are bounded whatever the photo. Within it the frozen backbone scores images at their
+own resolution (it resizes sides down to its input multiple); PiCIE's network sees them at the scale it was trained
+and evaluated at (`PiCIEEncoder`). The scores are upsampled bilinearly to the working size before the argmax (or the
+CRF), as in evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from unseg.core.features import images_to_tensor
 from unseg.core.kmeans import upsampled_scores
@@ -56,6 +60,53 @@ def method_spec(method: str) -> MethodSpec:
     student, crf = method.endswith("_student"), method.endswith("_crf")
     return MethodSpec(method.removesuffix("_student").removesuffix("_crf"), "student" if student else "teacher", crf,
                       method.startswith("picie"))
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The `predict` parameters block.
+
+    Attributes:
+        method: the comparison table's method whose fitted model segments (one of PREDICTABLE).
+        run_id: the MLflow run of the model; None: the project's latest local run.
+        overlay_alpha: weight of the label colours over the image in the overlay, in [0, 1].
+        max_side: the longer side, in pixels, that a larger image is resized to before segmentation; its label map
+            and overlay are written at that working size. None: full resolution (memory and time grow with it).
+        input_dir: the folder of images, where given with --params (the catalog reads it; kept for the record).
+
+    Raises:
+        ValueError: an unknown method, an alpha outside [0, 1], a max_side that is not a positive integer or None.
+    """
+
+    method: str
+    run_id: str | None = None
+    overlay_alpha: float = 0.5
+    max_side: int | None = 512
+    input_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        method_spec(self.method)
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f"predict.overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        if self.max_side is not None and (isinstance(self.max_side, bool) or not isinstance(self.max_side, int)
+                                          or self.max_side < 1):
+            raise ValueError(f"predict.max_side must be a positive integer (pixels of the longer side) or null (full "
+                             f"resolution), got {self.max_side!r}")
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) scaled so that the longer side is `max_side`; unchanged where it fits or max_side is None."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size[0], size[1], 3), bilinear (antialiased when shrinking, as PIL does)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def prediction_head(model: Mapping[str, Any], role: str = "teacher") -> dict[str, Any]:

@@ -11,34 +11,76 @@ from PIL import Image
 
 from unseg.core.backbones import create_backbone
 from unseg.core.devices import resolve_device
-from unseg.core.predict import Segmenter, method_spec, overlay, picie_encoder, prediction_head
+from unseg.core.predict import (
+    PredictConfig,
+    Segmenter,
+    method_spec,
+    overlay,
+    picie_encoder,
+    prediction_head,
+    resize_image,
+    working_size,
+)
 from unseg.core.primaps.crf import CRFConfig
 from unseg.core.visualise import label_palette
 
 logger = logging.getLogger(__name__)
 
 
-def _decode(load: Callable[[], Any]) -> np.ndarray:
-    with load() as img:  # PIL image from pillow.ImageDataset
-        return np.asarray(img.convert("RGB"))
+def _decode(load: Callable[[], Any], max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image at its working size (longer side at most max_side), uint8 (h, w, 3), and its own size (H, W)."""
+    with load() as img:  # a lazily opened PIL image (ImageFolderDataset)
+        size = img.height, img.width
+        work = working_size(*size, max_side)
+        if work != size:
+            img.draft(None, (work[1], work[0]))  # JPEG: decode at the smallest DCT scale that still covers it
+        return resize_image(np.asarray(img.convert("RGB")), work), size
 
 
-def segment_images(images: dict[str, Callable[[], Any]], trained: dict[str, Any], features: dict[str, Any],
-                   crf: dict[str, Any], dataset: dict[str, Any], predict: dict[str, Any],
+def segment_images(folder: dict[str, Any], trained: dict[str, Any], features: dict[str, Any], crf: dict[str, Any],
+                   dataset: dict[str, Any], predict: dict[str, Any],
                    device: str) -> tuple[dict[str, Callable[[], Image.Image]], dict[str, Any]]:
     """Lazy `<image>/label` and `<image>/overlay` PNGs for every readable image; unreadable ones are listed.
 
-    `trained` is {"method", "run_id", "model", "scores", "picie"} (TrainedModelDataset). Methods on the frozen
-    backbone run `features.*` (it must be the backbone the model was fitted on); PiCIE's and PiCIE + PriMaPs-EM's run
-    the trained PiCIE network of the same run; `_crf` methods add the DenseCRF of `primaps.crf`. Every image is decoded
-    once here to find the unreadable ones, then again when its outputs are saved, so memory holds one image's outputs
-    at a time however large the folder.
+    `folder` is {"root", "images": {name: loader}, "ignored"} (ImageFolderDataset). `trained` is {"method",
+    "run_id", "model", "scores", "picie"} (TrainedModelDataset). Methods on the frozen backbone run `features.*` (it
+    must be the backbone the model was fitted on); PiCIE's and PiCIE + PriMaPs-EM's run the trained PiCIE network of
+    the same run; `_crf` methods add the DenseCRF of `primaps.crf`. An image whose longer side exceeds
+    `predict.max_side` is resized to it first (logged, listed in the report's "resized"); its label map and overlay
+    are written at that working size. Every image is decoded once here to find the unreadable ones, then again when
+    its outputs are saved, so memory holds one image's outputs at a time however large the folder.
+
+    Raises:
+        ValueError: the model is not the one the parameters name, or no image of the folder could be read (nothing
+            is returned, so nothing is saved and earlier predictions stay as they are).
     """
-    method, scores = trained["method"], trained["scores"]
-    if (predict["method"], predict["run_id"]) != (method, trained.get("run_id")):
+    config = PredictConfig(**predict)
+    method, scores, root, images = trained["method"], trained["scores"], folder["root"], folder["images"]
+    if (config.method, config.run_id) != (method, trained.get("run_id")):
         raise ValueError(f"predict_model holds {method} (run {trained.get('run_id')}) but the parameters say "
-                         f"{predict['method']} (run {predict['run_id']}): pass predict.method and predict.run_id "
+                         f"{config.method} (run {config.run_id}): pass predict.method and predict.run_id "
                          "with --params, where the catalog reads them")
+    if not images:
+        raise ValueError(f"no images to segment in {root} (pass --params predict.input_dir=...)")
+    skipped, readable, resized = [], [], []
+    for name, load in sorted(images.items()):
+        try:
+            image, size = _decode(load, config.max_side)
+            readable.append(name)
+        except Exception as err:  # noqa: BLE001 - any decoder error: listed, the other images go on
+            logger.warning("skipping %s: unreadable image (%s: %s)", name, err.__class__.__name__, err)
+            skipped.append({"image": name, "problem": f"unreadable image ({err.__class__.__name__}: {err})"})
+            continue
+        if image.shape[:2] != size:
+            logger.info("%s: %dx%d pixels, resized to %dx%d (predict.max_side=%d) and segmented at that size, the "
+                        "size of its label.png and overlay.png", name, size[1], size[0], image.shape[1],
+                        image.shape[0], config.max_side)
+            resized.append({"image": name, "size": list(size), "working_size": list(image.shape[:2])})
+    if not readable:
+        raise ValueError(f"nothing segmented: none of the {len(images)} image files of {root} could be read; no "
+                         "output written, earlier predictions kept. "
+                         + "; ".join(f"{s['image']}: {s['problem']}" for s in skipped))
+
     spec = method_spec(method)
     model = prediction_head(trained["model"], spec.role)
     if spec.picie:
@@ -48,26 +90,15 @@ def segment_images(images: dict[str, Callable[[], Any]], trained: dict[str, Any]
                          f"{features['backbone']}")
     else:
         encoder = create_backbone(features["backbone"], features["weights"], features["pretrained"])
-    if not images:
-        raise ValueError("no images to segment: the input folder is empty (pass --params predict.input_dir=...)")
     segmenter = Segmenter(encoder, model, np.asarray(scores["mapping"]), resolve_device(device),
                           dataset["ignore_index"], CRFConfig(**{**crf, "enabled": True}) if spec.crf else None)
     palette = label_palette(dataset["num_classes"])
-    skipped, readable = [], []
-    for name, load in sorted(images.items()):
-        try:
-            _decode(load)
-            readable.append(name)
-        except Exception as err:  # noqa: BLE001 - any decoder error: listed, the other images go on
-            logger.warning("skipping %s: unreadable image (%s: %s)", name, err.__class__.__name__, err)
-            skipped.append({"image": name, "problem": f"unreadable image ({err.__class__.__name__}: {err})"})
-
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def outputs(name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in cache:  # label then overlay of one image are saved back to back (sorted keys)
             cache.clear()
-            image = _decode(images[name])
+            image = _decode(images[name], config.max_side)[0]
             cache[name] = image, segmenter(image)
         return cache[name]
 
@@ -75,15 +106,15 @@ def segment_images(images: dict[str, Callable[[], Any]], trained: dict[str, Any]
         return lambda: Image.fromarray(outputs(name)[1])
 
     def overlay_png(name: str) -> Callable[[], Image.Image]:
-        return lambda: Image.fromarray(overlay(*outputs(name), palette, predict["overlay_alpha"],
-                                               dataset["ignore_index"]))
+        return lambda: Image.fromarray(overlay(*outputs(name), palette, config.overlay_alpha, dataset["ignore_index"]))
 
     stems = [name.rsplit(".", 1)[0] for name in readable]
     folders = stems if len(set(stems)) == len(stems) else readable  # a.jpg and a.png: keep the suffixes
-    files = {f"{folder}/label": label_png(name) for folder, name in zip(folders, readable, strict=True)}
-    files |= {f"{folder}/overlay": overlay_png(name) for folder, name in zip(folders, readable, strict=True)}
-    report = {"images": len(readable), "skipped": skipped, "class_names": scores["class_names"], "method": method,
-              "run_id": predict.get("run_id")}
+    files = {f"{out}/label": label_png(name) for out, name in zip(folders, readable, strict=True)}
+    files |= {f"{out}/overlay": overlay_png(name) for out, name in zip(folders, readable, strict=True)}
+    report = {"input_dir": root, "images": len(readable), "skipped": skipped, "ignored": folder.get("ignored", []),
+              "max_side": config.max_side, "resized": resized, "class_names": scores["class_names"],
+              "method": method, "run_id": config.run_id}
     return files, report
 
 
