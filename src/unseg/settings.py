@@ -4,7 +4,8 @@ import os
 
 from omegaconf.resolvers import oc
 
-from unseg.hooks import MlflowTagsHook
+from unseg.hooks import MlflowTagsHook, RunChecksHook, TrackedSession
+from unseg.lock import RunLockHook
 
 # No run ever tries the network: kedro-telemetry is also switched off by the project's .telemetry file.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
@@ -22,4 +23,9 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {"oc.env": oc.env},
 }
 
-HOOKS = (MlflowTagsHook(),)
+# RunChecksHook: every parameter and the tracking store checked as the run starts, before any work
+HOOKS = (RunChecksHook(), MlflowTagsHook())
+# records a run stopped by Ctrl-C as KILLED in MLflow (Kedro calls no hook for a KeyboardInterrupt)
+SESSION_CLASS = TrackedSession
+# one `kedro run` per project at a time (data/.kedro-run.lock; unseg/lock.py)
+HOOKS = (*HOOKS, RunLockHook())

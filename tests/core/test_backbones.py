@@ -244,6 +244,25 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path: Path, content: bytes) -> 
         create_backbone("efficientnet_lite0", weights=path)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "dino_vits8"])
+@pytest.mark.parametrize("content", [b"hello world\n", "torch:list", "torch:int"])
+def test_weights_file_that_is_no_checkpoint_is_named(tmp_path: Path, name: str, content: bytes | str) -> None:
+    """features.weights pointing to a text file (the unpickler's bare `KeyError: 101` before) or to a torch file of
+    a list / an int: a ValueError that names the file and says what a checkpoint is."""
+    path = tmp_path / "weights.pth"
+    if content == "torch:list":
+        torch.save([1, 2], path)
+    elif content == "torch:int":
+        torch.save(3, path)
+    else:
+        path.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as info:
+        create_backbone(name, weights=path)
+    message = str(info.value)
+    assert str(path) in message and name in message
+    assert "expected a checkpoint: a dict of parameter name -> tensor" in message
+
+
 # -------------------------------------------------------------------------------------------------- registry cfgs
 def test_registry_names() -> None:
     expected = {"dino_vits8", "dino_vitb8", "dino_vits16", "dino_vitb16", "dinov2_vits14", "dinov2_vitb14",

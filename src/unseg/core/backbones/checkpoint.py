@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,15 @@ logger = logging.getLogger(__name__)
 # looked for in this order when a file holds a dict of more than tensors
 WRAPPER_KEYS = ("teacher", "state_dict", "model", "module", "student")
 SHOWN = 10  # keys named per kind of mismatch in an error message
+
+
+EXPECTED = ("expected a checkpoint: a dict of parameter name -> tensor saved with torch.save (.pth, .pt, .bin) or as "
+            f".safetensors, possibly wrapped in a training checkpoint under one of {list(WRAPPER_KEYS)}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{err.__class__.__name__}: {text}" if text else err.__class__.__name__
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -54,17 +62,19 @@ def read_state_dict(path: Path, name: str, unwrap: bool = True,
         try:
             obj: Any = load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises its own SafetensorError, and OSError
-            raise ValueError(f"{name}: {path} is not a readable safetensors file ({err})") from err
+            raise ValueError(f"{name}: {path} is not a readable safetensors file ({_first_line(err)}); "
+                             f"{EXPECTED}") from err
     else:
         try:
             # DINO training checkpoints store their argparse Namespace next to the weights
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-            raise ValueError(f"{name}: {path} is not a readable PyTorch state dict ({err.__class__.__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        except Exception as err:  # noqa: BLE001 - a non-checkpoint file fails in many ways (a text file beginning
+            # with "h" gives KeyError 101 from the unpickler's memo, others UnpicklingError, EOFError, ...)
+            raise ValueError(f"{name}: {path} is not a readable PyTorch state dict ({_first_line(err)}); "
+                             f"{EXPECTED}") from err
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{name}: {path} holds a {type(obj).__name__}, not a state dict")
+        raise ValueError(f"{name}: {path} holds a {type(obj).__name__}, not a state dict; {EXPECTED}")
     trail = []
     while unwrap and not _is_tensor_dict(obj):
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
