@@ -498,3 +498,40 @@ def test_dataset_killed_versioned_save_resumes(tmp_path: Path) -> None:
     assert len(versions_of(filepath)) == 1
     assert_content(dataset.load(), range(12))
     assert staging_dirs(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------- temporaries and concurrent writers
+def test_finished_store_holds_no_temporaries_of_killed_writes(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with pytest.raises(RuntimeError):
+        write_store(FakeStream(fail_after=2), root, progress=False)
+    [staging] = staging_dirs(tmp_path)
+    # what killed writers left: a shard being written, a meta file being written, a work folder of a dead pid
+    (staging / ".shard-00001.tmp").mkdir()
+    (staging / "meta.json.tmp-4194304").write_text("{")
+    dead = tmp_path / ".store.tmp-4194304"
+    (dead / "shard-00003").mkdir(parents=True)
+    # and an unfinished write under another fingerprint, made obsolete by the write that completes
+    with pytest.raises(RuntimeError):
+        write_store(FakeStream(fp="fp-b", fail_after=1), root, progress=False)
+    write_store(FakeStream(), root, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["meta.json"] + [f"shard-0000{i}" for i in range(4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert_content(ShardStore(root), range(12))
+
+
+def test_a_second_writer_of_the_same_store_fails_clearly_and_leaves_the_first_store_whole(tmp_path: Path) -> None:
+    """Two runs writing one store at once: the one that finishes second fails with a StoreError (not a
+    FileNotFoundError, which Kedro reports as "a file with the same name already exists"), and puts nothing into the
+    store the first one finished."""
+    root = tmp_path / "store"
+
+    def other_run_finishes(index: int) -> None:
+        if index == 1:
+            write_store(FakeStream(), root, progress=False)
+
+    with pytest.raises(StoreError, match="another process wrote this store at the same time"):
+        write_store(FakeStream(on_shard=other_run_finishes), root, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["meta.json"] + [f"shard-0000{i}" for i in range(4)]
+    assert_content(ShardStore(root), range(12))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]

@@ -57,8 +57,9 @@ def test_feature_stores_follow_the_prepared_stores(featurised: dict[str, Any], s
     # efficientnet_lite0: 152 channels on the stride-8 grid of the crop
     assert {k: (s.dtype, s.shape) for k, s in feats.fields.items()} == {
         "feat": ("float16", (152, crop // 8, crop // 8))}
+    # the ingestion the images came from is passed on: train and val features of one ingestion share it
     assert feats.attrs == {"backbone": "efficientnet_lite0", "stride": 8, "dim": 152, "weights": "random",
-                           "images": images.fingerprint, "split": split}
+                           "images": images.fingerprint, "split": split, "ingestion": images.attrs["ingestion"]}
     stacked = np.concatenate([s["feat"] for s in feats.iter_shards()])
     assert stacked.shape == (count, 152, crop // 8, crop // 8) and stacked.dtype == np.float16
     assert np.isfinite(stacked).all()

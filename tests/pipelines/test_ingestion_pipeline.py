@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
 from unseg.core.data import synthetic
 from unseg.core.data.sources import INDEX_COLUMNS, DatasetConfig, materialise_synthetic
+from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
+from unseg.pipelines import evaluation, features
 from unseg.pipelines.ingestion import create_pipeline
+from unseg.pipelines.ingestion.nodes import report_ingestion
 
 STORES = ("prm_train_images", "prm_val_images")
 MEMORY = ("int_image_index", "int_index_skipped", "ingestion_metrics")
@@ -156,3 +160,87 @@ def test_bad_val_image_with_on_bad_file_skip_is_counted(tmp_path: Path, corrupti
     assert metrics["ingestion/val/images"] == float(NUM_VAL)
     assert metrics["ingestion/val/indexed"] == float(NUM_VAL + prepare_skips)
     assert metrics["ingestion/train/images"] == metrics["ingestion/train/indexed"] == 4.0
+
+
+# -------------------------------------------------------------------------------- a split emptied by skipping bad files
+def test_every_val_image_skipped_stops_ingestion_naming_the_split(tmp_path: Path,
+                                                                   make_catalog: Callable[..., DataCatalog]) -> None:
+    """Every val image reads its header but not its pixels: the index keeps them, preparation skips them all. The
+    run stops there, naming the split and the count, instead of passing 0 val images on to features and evaluation."""
+    root = tmp_path / "raw"
+    folder_dataset(root, "truncated")
+    for path in (root / "images/val").iterdir():
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    catalog = make_catalog(tmp_path / "data", root, source="folder", on_bad_file="skip")
+    with pytest.raises(Exception, match=rf"empty val split: all {NUM_VAL + 1} images were skipped as bad") as info:
+        SequentialRunner().run(create_pipeline(), catalog)
+    assert str(root / "images/val") in str(info.value)
+    assert not (tmp_path / "data/prm_val_images/meta.json").exists()
+
+
+class _Split:
+    """A stream of one shard holding `count` images (0: all skipped, what a resumed write of an all-bad split can
+    finish with)."""
+
+    fields = {"image": FieldSpec("uint8", (2, 2, 3))}
+    num_shards = 1
+    fingerprint = "stub"
+
+    def __init__(self, split: str, count: int) -> None:
+        self.attrs, self.count = {"split": split}, count
+
+    def iter_shards(self, todo: list[int]) -> Iterator[Shard]:
+        skipped = [] if self.count else [{"id": "v", "path": "/x/v.png", "problem": "corrupt"}]
+        yield from (Shard(i, [f"{n}" for n in range(self.count)],
+                          {"image": np.zeros((self.count, 2, 2, 3), np.uint8)}, skipped) for i in todo)
+
+
+def test_report_refuses_an_empty_store(tmp_path: Path) -> None:
+    for split, count in (("train", 2), ("val", 0)):
+        write_store(_Split(split, count), tmp_path / split, progress=False)
+    index = pd.DataFrame({"split": ["train", "train", "val"]})
+    with pytest.raises(ValueError, match="empty val split .*all 1 images were skipped as bad"):
+        report_ingestion(index, [], ShardStore(tmp_path / "train"), ShardStore(tmp_path / "val"))
+
+
+# ------------------------------------------------------------------------------- the same image ids in train and val
+def test_splits_numbered_from_one_run_end_to_end(tmp_path: Path, pipeline_params: Callable[..., dict[str, Any]],
+                                                 pipeline_catalog: Callable[..., DataCatalog],
+                                                 run_pipeline: Callable[..., dict[str, Any]]) -> None:
+    """Train and val both hold 0001.png, 0002.png, ...: ingestion, features, k-means and the linear probe (fit on
+    train, predict and score val) run, and score exactly as the same images under ids unique across the splits."""
+    synthetic_root = tmp_path / "synthetic"
+    materialise_synthetic(DatasetConfig("synthetic", str(synthetic_root), num_classes=8, synthetic={
+        "num_train": 4, "num_val": 3, "height": HEIGHT, "width": WIDTH}))
+    stores = ("prm_train_images", "prm_val_images", "feat_train", "feat_val", "kmeans.val_predictions",
+              "linear_probe.val_predictions")
+    pipe = (create_pipeline() + features.create_pipeline() + evaluation.create_pipeline()).only_nodes(
+        *[n.name for n in create_pipeline().nodes], "extract_features",
+        *(f"{m}.{step}" for m in ("kmeans", "linear_probe") for step in ("fit", "predict", "score")))
+    scores = {}
+    for naming in ("shared", "unique"):
+        root = tmp_path / naming
+        for kind in ("images", "labels"):
+            for split in ("train", "val"):
+                for n, path in enumerate(sorted((synthetic_root / kind / split).iterdir()), start=1):
+                    stem = f"{n:04d}" if naming == "shared" else f"{split}{n:04d}"
+                    (root / kind / split).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, root / kind / split / f"{stem}.png")
+        params = pipeline_params(root, crop=CROP, shard_size=SHARD, feature_batch_size=4, source="folder")
+        params["evaluation"]["kmeans"].update(num_iters=5, sample_size=2000)
+        params["evaluation"]["linear_probe"].update(epochs=1)
+        catalog = pipeline_catalog(tmp_path / f"data_{naming}", params, stores, empty={
+            name for name in pipe.datasets() if name not in stores and not name.startswith("params:")})
+        torch.manual_seed(0)  # the random backbone weights: the same in both runs
+        run_pipeline(pipe, catalog, load=False)
+        val = catalog.load("prm_val_images")
+        if naming == "shared":
+            assert catalog.load("prm_train_images").ids == ["0001", "0002", "0003", "0004"]
+            assert val.ids == ["0001", "0002", "0003"]
+        for method in ("kmeans", "linear_probe"):
+            assert catalog.load(f"{method}.val_predictions").ids == val.ids
+        scores[naming] = {m: catalog.load(f"{m}.scores") for m in ("kmeans", "linear_probe")}
+    for method in ("kmeans", "linear_probe"):
+        shared, unique = scores["shared"][method], scores["unique"][method]
+        assert shared["confusion"] == unique["confusion"] and shared["miou"] == unique["miou"]

@@ -12,14 +12,29 @@ stream made of its i-th chunk of inputs (inputs it skipped are listed in `meta.j
 written into a temporary folder and renamed into place, so a shard folder that exists is complete; a killed write
 resumes without recomputing finished shards as long as the stream's fingerprint is unchanged. Readers never load a whole
 store: they read one item, one shard, or a random sample of vectors through memory maps.
+
+Identity and lineage. A stream's `fingerprint` must change whenever its content would (prepared images: the settings
+plus each source file's path, size and mtime_ns; derived stores: their settings plus the fingerprints of the stores
+they read). Every store also records in `attrs["ingestion"]` the fingerprint of the ingestion it descends from (the
+whole index with file sizes and mtimes, and the preparation settings): the prepared stream sets it, and `write_store`
+copies it from the stores a derived stream reads (its `ShardStore` attributes). Stores of one ingestion share it, so
+`check_same_ingestion` tells a consumer that its inputs belong together (e.g. train images of one data set and val
+images of another, left as the latest versions by a run that failed between its two saves).
+
+Temporary files: a shard is written into a per-process work folder beside the staging folder (never inside it) and
+renamed into the staging folder; anything else in the staging folder is removed before it becomes the store. Work
+folders of dead processes, and staging folders of other fingerprints (abandoned writes that a complete write of the
+same store made obsolete), are removed.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
+INGESTION = "ingestion"  # attrs key: fingerprint of the ingestion a store descends from
 
 
 class StoreError(RuntimeError):
@@ -132,6 +148,68 @@ def _read_shard_info(folder: Path, fields: Mapping[str, FieldSpec]) -> dict[str,
         return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a signal-0 probe; no permission still means alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_work_folders(parent: Path, name: str) -> None:
+    """Work and `.old` folders of `name` left by processes that died (killed between a rename and its cleanup)."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)")
+    for path in parent.glob(f".{glob.escape(name)}.*-*") if parent.is_dir() else ():
+        match = pattern.fullmatch(path.name)
+        if match and not pid_alive(int(match.group(1))):
+            logger.info("Removing %s, left by a write that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _tidy_staging(staging: Path, num_shards: int) -> None:
+    """Removes whatever is not a shard of this stream or the meta file (temporaries of killed writes)."""
+    keep = {_shard_dir(staging, i).name for i in range(num_shards)} | {META_FILE}
+    for path in staging.iterdir():
+        if path.name not in keep:
+            logger.info("Removing %s from the staging folder before it becomes the store", path.name)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _remove_other_stagings(parent: Path, name: str, current: Path) -> None:
+    """Staging folders of `name` under other fingerprints: abandoned writes a complete write made obsolete."""
+    for path in parent.glob(f".{glob.escape(name)}.staging-*"):
+        if path != current and path.is_dir():
+            logger.info("Removing %s: an unfinished write of %s under another fingerprint", path, name)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def upstream_stores(stream: object) -> dict[str, ShardStore]:
+    """The stores a stream reads: its attributes that are `ShardStore`s, by attribute name."""
+    return {key: value for key, value in getattr(stream, "__dict__", {}).items() if isinstance(value, ShardStore)}
+
+
+def _lineage_attrs(stream: ArrayStream, root: Path) -> dict[str, Any]:
+    """The stream's attrs, with the ingestion fingerprint of the stores it reads where it does not set one."""
+    attrs = dict(stream.attrs)
+    if INGESTION in attrs:
+        return attrs
+    upstream = upstream_stores(stream)
+    if upstream:
+        check_same_ingestion(**upstream, what=f"the stores {root.name} is made from")
+        found = {store.attrs.get(INGESTION) for store in upstream.values()} - {None}
+        if found:
+            attrs[INGESTION] = found.pop()
+    return attrs
+
+
 def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = None, progress: bool = True) -> None:
     """Writes `stream` into `root`, resuming finished shards of an earlier write with the same fingerprint.
 
@@ -143,12 +221,17 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
         progress: show a tqdm bar over shards.
 
     Raises:
-        StoreError: a produced shard does not match the declared fields.
+        StoreError: a produced shard does not match the declared fields; the stores the stream reads come from
+            different ingestions; the staging folder disappeared during the write (another process wrote the same
+            store at the same time).
     """
     from tqdm.auto import tqdm
 
     root = Path(root)
-    staging = Path(staging_parent or root.parent) / f".{root.name}.staging-{stream.fingerprint}"
+    parent = Path(staging_parent or root.parent)
+    attrs = _lineage_attrs(stream, root)
+    staging = parent / f".{root.name}.staging-{stream.fingerprint}"
+    _remove_dead_work_folders(parent, root.name)
     staging.mkdir(parents=True, exist_ok=True)
     infos: dict[int, dict[str, Any]] = {}
     for i in range(stream.num_shards):
@@ -158,21 +241,31 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
     todo = [i for i in range(stream.num_shards) if i not in infos]
     if infos:
         logger.info("Resuming %s: %d of %d shards already written", root, len(infos), stream.num_shards)
+    work = parent / f".{root.name}.tmp-{os.getpid()}"
     bar = tqdm(total=stream.num_shards, initial=len(infos), unit="shard", disable=not progress, desc=root.name)
-    for shard in stream.iter_shards(todo):
-        _check_shard(shard, stream.fields)
-        tmp = staging / f".shard-{shard.index:05d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, spec in stream.fields.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(shard.arrays[name], dtype=spec.dtype))
-        infos[shard.index] = {"ids": list(shard.ids), "skipped": list(shard.skipped)}
-        (tmp / "ids.json").write_text(json.dumps(infos[shard.index]))
-        final = _shard_dir(staging, shard.index)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        bar.update(1)
-    bar.close()
+    try:
+        for shard in stream.iter_shards(todo):
+            _check_shard(shard, stream.fields)
+            tmp = work / _shard_dir(work, shard.index).name
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, spec in stream.fields.items():
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(shard.arrays[name], dtype=spec.dtype))
+            infos[shard.index] = {"ids": list(shard.ids), "skipped": list(shard.skipped)}
+            (tmp / "ids.json").write_text(json.dumps(infos[shard.index]))
+            final = _shard_dir(staging, shard.index)
+            try:
+                if not staging.is_dir():
+                    raise FileNotFoundError(staging)
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+            except FileNotFoundError as err:  # Kedro would report it as "a file with the same name already exists"
+                raise StoreError(f"{root}: the staging folder {staging} disappeared during the write; another process "
+                                 "wrote this store at the same time (one `kedro run` per project at a time)") from err
+            bar.update(1)
+    finally:
+        bar.close()
+        shutil.rmtree(work, ignore_errors=True)
     missing = [i for i in range(stream.num_shards) if i not in infos]
     if missing:
         raise StoreError(f"{root}: the stream did not produce shards {missing[:10]}")
@@ -184,8 +277,9 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
         "shard_counts": [len(info["ids"]) for info in ordered],
         "ids": [image_id for info in ordered for image_id in info["ids"]],
         "skipped": [entry for info in ordered for entry in info["skipped"]],
-        "attrs": dict(stream.attrs),
+        "attrs": attrs,
     }
+    _tidy_staging(staging, stream.num_shards)
     _atomic_write_text(staging / META_FILE, json.dumps(meta, indent=1))
     if root.exists():
         old = root.with_name(f".{root.name}.old-{os.getpid()}")
@@ -195,6 +289,7 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
     else:
         root.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, root)
+    _remove_other_stagings(parent, root.name, staging)
 
 
 @dataclass
@@ -295,3 +390,72 @@ class ShardStore:
             block = block.reshape(per_item, channels) if channels_last else block.reshape(channels, per_item).T
             out[rows] = block[pixel[rows]]
         return out
+
+
+# ----------------------------------------------------------------------------------------------------------- lineage
+def _describe(name: str, store: ShardStore) -> str:
+    return (f"{name} ({store.root}: {len(store)} items, split {store.attrs.get('split')}, "
+            f"ingestion {store.attrs.get(INGESTION) or 'not recorded'})")
+
+
+def check_same_ingestion(*, what: str = "the input stores", **stores: ShardStore | None) -> None:
+    """Checks that stores which must belong together descend from one ingestion (the same `attrs["ingestion"]`).
+
+    Args:
+        what: how the message names the stores as a group (e.g. "extract_features' inputs").
+        stores: name -> store; None (a store that was never saved, loaded with missing_ok) is left out. Stores that
+            all lack the attribute (written by hand, or before it was recorded) pass; some with and some without
+            do not.
+
+    Raises:
+        StoreError: naming every store (folder, items, split, ingestion) and how to make them agree.
+    """
+    present = {name: store for name, store in stores.items() if store is not None}
+    found = {store.attrs.get(INGESTION) for store in present.values()}
+    if len(found) <= 1:
+        return
+    listing = "; ".join(_describe(name, store) for name, store in present.items())
+    raise StoreError(f"{what} do not come from one ingestion: {listing}. Every store records the fingerprint of the "
+                     "index and settings it was made from; these differ (another data set or other settings, files "
+                     "changed in between, or a run that failed after saving only some of its outputs, which leaves "
+                     "them as the latest versions beside older ones). Run the pipelines that make them again, from "
+                     "ingestion (e.g. `kedro run --pipelines features`).")
+
+
+def check_made_from(derived_name: str, derived: ShardStore, source_name: str, source: ShardStore,
+                    key: str = "images") -> None:
+    """Checks that `derived` was made from `source`: its attrs[key] (recorded at write time) is source's fingerprint.
+
+    Raises:
+        StoreError: naming both stores and both fingerprints. A derived store that does not record `key` passes.
+    """
+    recorded = derived.attrs.get(key)
+    if recorded is not None and recorded != source.fingerprint:
+        raise StoreError(f"{derived_name} ({derived.root}) was made from {key} with fingerprint {recorded}, but "
+                         f"{source_name} ({source.root}) has fingerprint {source.fingerprint}: they do not belong "
+                         f"together (the latest versions of the two come from different runs); run the pipeline that "
+                         f"makes {derived_name} again")
+
+
+def check_split(name: str, store: ShardStore, expected: str) -> None:
+    """Checks that a store holds the split its consumer expects (attrs["split"], where recorded).
+
+    Raises:
+        StoreError: naming the store, its split and the expected one.
+    """
+    split = store.attrs.get("split")
+    if split is not None and split != expected:
+        raise StoreError(f"{name} ({store.root}) holds the {split!r} split, expected {expected!r}")
+
+
+def check_model_ingestion(model: Mapping[str, Any], store: ShardStore) -> None:
+    """Checks that a model fitted on a train store (recording its `INGESTION` key) meets a store of that ingestion.
+
+    Raises:
+        StoreError: both record an ingestion and they differ. A model or store that records none passes.
+    """
+    fitted, found = model.get(INGESTION), store.attrs.get(INGESTION)
+    if fitted is not None and found is not None and fitted != found:
+        raise StoreError(f"the model was fitted on the train split of ingestion {fitted}, but {store.root} comes from "
+                         f"ingestion {found}: they do not belong together (another data set or settings, or the latest "
+                         "versions of different runs); run the pipeline that fits the model again")

@@ -12,6 +12,13 @@ their own modules (`cocostuff27`, `cityscapes27`, `potsdam3`; imported by the pa
 brings its index builder, its class names, the `dataset.options` it reads, and a `LabelMap` from the raw ids in its
 label files to class ids, which `load_label` applies before the range check. Label and image files ending in `.mat`
 (MATLAB v5, the Potsdam crops) hold one array under the key `img` (H, W, C) or `gt` (H, W).
+
+Image files are read as a photo viewer shows them (`load_image`): an EXIF orientation is applied (`folder` and
+`synthetic` only, see EXIF_SOURCES; the index then reports the size as shown), 16-bit PNGs are scaled to 8 bits
+(value >> 8), and an alpha channel is dropped, the colours kept as stored (a warning names the file where some pixels
+are not opaque). Label files are used as stored: a label's own EXIF orientation is ignored with a warning, so a label
+must match its image as shown; 16-bit class maps keep their ids. Image ids need to be unique within a split only: each
+split is stored and matched on its own.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.io
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unseg.core.data import synthetic
 
@@ -41,6 +48,11 @@ SPLIT_ROLES = ("train", "val")
 # the array names in .mat image / label files (the IIC/STEGO Potsdam crops: imgs/<id>.mat "img", gt/<id>.mat "gt")
 MAT_IMAGE_KEY = "img"
 MAT_LABEL_KEY = "gt"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5..8 turn the image by 90 degrees (width and height swap)
+_QUARTER_TURNS = (5, 6, 7, 8)
+# sources whose images are read as shown, their EXIF orientation applied. The benchmark sources read theirs as stored,
+# as the papers' loaders do (PIL without exif_transpose), so that their scores stay comparable with the papers'.
+EXIF_SOURCES = frozenset({"folder", "synthetic"})
 
 
 class BadFileError(ValueError):
@@ -145,6 +157,11 @@ class DatasetConfig:
         return list(self.class_names) if self.class_names else [f"class_{i}" for i in range(self.num_classes)]
 
     @property
+    def exif(self) -> bool:
+        """Whether images are read as shown, their EXIF orientation applied (see EXIF_SOURCES)."""
+        return self.source in EXIF_SOURCES
+
+    @property
     def label_dtype(self) -> str:
         return "uint8" if max(self.num_classes - 1, self.ignore_index) <= 255 and self.ignore_index >= 0 else "int32"
 
@@ -177,6 +194,49 @@ def header_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1..8, 1 = as stored) that opening the file found, without decoding the pixels.
+
+    The base `getexif` reads what the header gave (JPEG's APP1 segment, a PNG eXIf chunk ahead of the pixels, XMP);
+    PngImageFile's own decodes every pixel to look for an eXIf chunk after them.
+    """
+    try:
+        value = int(Image.Image.getexif(img).get(EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):  # a malformed EXIF block: shown as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def shown_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image as shown (its EXIF orientation applied), from the file header."""
+    with Image.open(path) as img:
+        width, height = img.size
+        return (height, width) if _orientation(img) in _QUARTER_TURNS else (width, height)
+
+
+def exif_orientation(path: Path | str) -> int:
+    """The image file's EXIF orientation (1 where it has none or cannot be read); for error messages."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _orientation(img)
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
+def size_mismatch(label_wh: tuple[int, int], image: Path | str, image_wh: tuple[int, int], exif: bool = True) -> str:
+    """The problem of a label whose (width, height) differs from its image's; with `exif` (the image is read as
+    shown), names an EXIF orientation that turned the image."""
+    problem = (f"label size {label_wh[0]}x{label_wh[1]} differs from image {Path(image).name} size "
+               f"{image_wh[0]}x{image_wh[1]}")
+    orientation = exif_orientation(image) if exif and label_wh == image_wh[::-1] else 1
+    if orientation in _QUARTER_TURNS:
+        problem += (f" as shown: its EXIF orientation {orientation} turns the stored {label_wh[0]}x{label_wh[1]} "
+                    f"pixels by 90 degrees, and images are used as shown while labels are used as stored (rotate "
+                    f"the label, or strip the tag from the image)")
+    return problem
+
+
 SizeReader = Callable[[Path], tuple[int, int]]
 # what a size reader raises on a broken file (PIL: UnidentifiedImageError is an OSError, SyntaxError = broken chunk)
 _UNREADABLE = (OSError, ValueError, SyntaxError)
@@ -191,7 +251,8 @@ def index_row(bad: BadFiles, image_id: str, role: str, image: Path, label: Path 
         bad: the on_bad_file policy that reports an unreadable image or label, or a label of another size.
         image_id / role: the row's id and split role.
         image: the image file; label: its label file, or None where the split has no labels.
-        image_size / label_size: (width, height) from a file's header; raise OSError or ValueError when unreadable.
+        image_size / label_size: (width, height) from a file's header (`shown_size` for images read as shown, see
+            EXIF_SOURCES); raise OSError or ValueError when unreadable.
     """
     try:
         width, height = image_size(image)
@@ -206,8 +267,7 @@ def index_row(bad: BadFiles, image_id: str, role: str, image: Path, label: Path 
         bad.report(image_id, label, f"unreadable label ({err.__class__.__name__}: {err})")
         return None
     if label_wh != (width, height):
-        bad.report(image_id, label, f"label size {label_wh[0]}x{label_wh[1]} differs from image {image.name} size "
-                                    f"{width}x{height}")
+        bad.report(image_id, label, size_mismatch(label_wh, image, (width, height), image_size is shown_size))
         return None
     return image_id, role, str(image), str(label), width, height
 
@@ -216,13 +276,17 @@ def make_index(rows: list[tuple[str, str, str, str, int, int]], skipped: list[di
                root: Path) -> IndexResult:
     """The index table of `rows` (INDEX_COLUMNS order).
 
+    Ids need to be unique within a split only: every split is prepared into its own store, and predictions are
+    matched to labels within the val split, so train and val may both number their images from 1.
+
     Raises:
-        BadFileError: (naming root) an image id appears twice.
+        BadFileError: (naming root) an image id appears twice in one split (e.g. a.png and a.jpg).
     """
     table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype({"width": "int32", "height": "int32"})
-    duplicated = table["image_id"][table["image_id"].duplicated()]
-    if len(duplicated):
-        raise BadFileError(root, f"image ids appear in more than one split or twice: {sorted(set(duplicated))[:5]}")
+    for role, ids in table.groupby("split", sort=False)["image_id"]:
+        duplicated = ids[ids.duplicated()]
+        if len(duplicated):
+            raise BadFileError(root, f"image ids appear twice in the {role} split: {sorted(set(duplicated))[:5]}")
     return IndexResult(table, skipped)
 
 
@@ -246,6 +310,7 @@ def index_folder(config: DatasetConfig, root: Path | None = None) -> IndexResult
     for role in SPLIT_ROLES:
         split = config.splits[role]
         image_dir, label_dir = root / "images" / split, root / "labels" / split
+        skipped_before = len(bad.skipped)
         if not image_dir.is_dir():
             raise FileNotFoundError(f"{image_dir}: split folder for the {role} split is missing")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -259,11 +324,12 @@ def index_folder(config: DatasetConfig, root: Path | None = None) -> IndexResult
             if label is not None and not label.is_file():
                 bad.report(path.stem, label, f"missing label for image {path.name}")
                 continue
-            row = index_row(bad, path.stem, role, path, label)
+            row = index_row(bad, path.stem, role, path, label, shown_size)
             if row is not None:
                 rows.append(row)
         if not any(r[1] == role for r in rows):
-            raise BadFileError(image_dir, "empty split, every image was skipped as bad")
+            raise BadFileError(image_dir, f"empty {role} split: all {len(bad.skipped) - skipped_before} images were "
+                                          f"skipped as bad (dataset.on_bad_file=skip; the warnings above name them)")
     return make_index(rows, bad.skipped, root)
 
 
@@ -409,7 +475,9 @@ def build_index(config: DatasetConfig) -> IndexResult:
     return SOURCES[config.source](config)
 
 
-_LABEL_MODES = ("L", "P", "I", "I;16", "1")
+_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "1")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PNG greyscale at 16 bits per pixel (older Pillow: "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def _read_mat(path: str | Path, key: str, what: str) -> np.ndarray:
@@ -431,6 +499,9 @@ def _read_mat(path: str | Path, key: str, what: str) -> np.ndarray:
 def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
     """Decodes a label map, maps its raw ids to class ids (where the source has a LabelMap) and checks its values.
 
+    The label is used as stored: an EXIF orientation tag on it is ignored (with a warning naming the file), since
+    photo tools write the tag on the photo and a label is drawn on the photo as shown. 16-bit PNGs keep their ids.
+
     Returns:
         (H, W) array of ids in [0, num_classes) or ignore_index.
 
@@ -450,6 +521,10 @@ def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
                 mode = img.mode
                 if mode in _LABEL_MODES:
                     label = np.asarray(img).astype(np.int64)
+                    orientation = _orientation(img)
+                    if orientation != 1:
+                        logger.warning("%s: EXIF orientation %d ignored: labels are used as stored", path,
+                                       orientation)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:  # PIL: SyntaxError = broken chunk
             raise BadFileError(path, f"corrupt or unreadable label ({err.__class__.__name__}: {err})") from err
         if mode not in _LABEL_MODES:
@@ -468,8 +543,30 @@ def load_label(path: str | Path, config: DatasetConfig) -> np.ndarray:
     return label
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decodes an image to uint8 RGB (H, W, 3).
+def image_to_rgb(img: Image.Image, path: str | Path) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a decoded PIL image.
+
+    16-bit greyscale (mode I;16 / I) is scaled to 8 bits as value >> 8 (Pillow already reads 16-bit colour PNGs
+    that way; PIL's own convert would saturate every value above 255). An alpha channel (or a palette's or colour's
+    transparency) is dropped and the colours are kept as stored; where some pixels are not fully opaque a warning
+    names the file and the count.
+    """
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = (np.clip(np.asarray(img).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"))
+        see_through = int(np.count_nonzero(rgba[:, :, 3] < 255))
+        if see_through:
+            logger.warning("%s: alpha channel dropped: %d of %d pixels are not fully opaque; their colours are used "
+                           "as stored", path, see_through, rgba.shape[0] * rgba.shape[1])
+        return np.ascontiguousarray(rgba[:, :, :3])
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path: str | Path, exif: bool = True) -> np.ndarray:
+    """Decodes an image to uint8 RGB (H, W, 3): see `image_to_rgb` for 16-bit and alpha. With `exif`, as shown: the
+    EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), so (H, W) may be the stored (W, H).
 
     A .mat file holds the array `img` (H, W) or (H, W, C >= 3) uint8; channels past the third (the infrared of the
     Potsdam RGB-IR crops) are dropped.
@@ -487,6 +584,8 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.ascontiguousarray(array[:, :, :3])
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            if exif:
+                ImageOps.exif_transpose(img, in_place=True)
+            return image_to_rgb(img, path)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:  # PIL: SyntaxError = broken PNG chunk
         raise BadFileError(path, f"corrupt or unreadable image ({err.__class__.__name__}: {err})") from err

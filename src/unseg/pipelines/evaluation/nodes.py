@@ -23,7 +23,7 @@ from unseg.core.evaluate import (
 )
 from unseg.core.kmeans import KMeansConfig, fit_kmeans
 from unseg.core.linear_probe import LinearProbeConfig, fit_linear_probe
-from unseg.core.store import ShardStore
+from unseg.core.store import INGESTION, ShardStore, check_made_from, check_model_ingestion, check_same_ingestion
 from unseg.core.visualise import label_palette, plot_confusion, plot_iou_bars, plot_overlay_grid
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def fit_rgb_kmeans(train_images: ShardStore, kmeans: dict[str, Any], dataset: di
     """The floor: k-means on raw RGB pixel colours (in [0, 1]) of the train split."""
     config = _kmeans_config(kmeans, dataset["num_classes"], seed)
     pixels = train_images.sample_vectors("image", config.sample_size, seed, channels_last=True) / 255.0
-    return {"input": "image", "metric": config.metric, "centroids": fit_kmeans(pixels, config).tolist()}
+    return {"input": "image", "metric": config.metric, "centroids": fit_kmeans(pixels, config).tolist(),
+            INGESTION: train_images.attrs.get(INGESTION)}
 
 
 def fit_feature_kmeans(train_features: ShardStore, kmeans: dict[str, Any], dataset: dict[str, Any],
@@ -49,21 +50,29 @@ def fit_feature_kmeans(train_features: ShardStore, kmeans: dict[str, Any], datas
     config = _kmeans_config(kmeans, dataset["num_classes"], seed)
     vectors = train_features.sample_vectors("feat", config.sample_size, seed)
     return {"input": "feat", "metric": config.metric, "centroids": fit_kmeans(vectors, config).tolist(),
-            "backbone": train_features.attrs.get("backbone")}
+            "backbone": train_features.attrs.get("backbone"), INGESTION: train_features.attrs.get(INGESTION)}
 
 
 def fit_probe(train_features: ShardStore, train_images: ShardStore, probe: dict[str, Any], dataset: dict[str, Any],
               seed: int, device: str) -> dict[str, Any]:
     """The supervised upper bound: a linear 1x1 probe on the frozen train features, trained on train labels."""
+    check_same_ingestion(feat_train=train_features, prm_train_images=train_images, what="the probe's inputs")
+    check_made_from("feat_train", train_features, "prm_train_images", train_images)
     conv = fit_linear_probe(train_features, train_images, dataset["num_classes"],
                             LinearProbeConfig(**probe, seed=seed), resolve_device(device))
     return {"input": "feat", "metric": "linear", "centroids": conv.weight[:, :, 0, 0].cpu().tolist(),
-            "bias": conv.bias.cpu().tolist(), "backbone": train_features.attrs.get("backbone")}
+            "bias": conv.bias.cpu().tolist(), "backbone": train_features.attrs.get("backbone"),
+            INGESTION: train_features.attrs.get(INGESTION)}
 
 
 def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, dataset: dict[str, Any],
                            device: str) -> CentroidPredictionStream:
-    """Lazy val predictions of a centroid (or linear) model at the evaluation crop."""
+    """Lazy val predictions of a centroid (or linear) model at the evaluation crop.
+
+    Raises:
+        StoreError: the model was fitted on a train store of another ingestion than `val_source`'s.
+    """
+    check_model_ingestion(model, val_source)
     crop = dataset["crop"]
     bias = np.asarray(model["bias"], dtype=np.float32) if "bias" in model else None
     return CentroidPredictionStream(val_source, model["input"], model["input"] == "image",
@@ -76,10 +85,15 @@ def score_predictions(predictions: ShardStore | None, val_images: ShardStore, da
     """Hungarian-matched Acc / mIoU / per-class IoU of one method on val.
 
     When the method's pipeline has not run, or its stored predictions belong to other val images (another data set
-    or crop), the record is only {"method", "skipped": why} (logged): the table and plots leave the method out.
+    or crop, another ingestion), the record is only {"method", "skipped": why} (logged): the table and plots leave
+    the method out.
     """
     if predictions is None:
         skipped = "no val predictions (its pipeline has not run)"
+    elif predictions.attrs.get(INGESTION) != val_images.attrs.get(INGESTION):
+        skipped = (f"the stored val predictions {predictions.root} come from ingestion "
+                   f"{predictions.attrs.get(INGESTION)}, the val images {val_images.root} from "
+                   f"{val_images.attrs.get(INGESTION)}; run its pipeline again")
     elif predictions.ids != val_images.ids or predictions.fields["pred"].shape != val_images.fields["label"].shape:
         skipped = f"the stored val predictions {predictions.root} belong to other val images; run its pipeline again"
     else:

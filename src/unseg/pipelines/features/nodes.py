@@ -7,12 +7,20 @@ from typing import Any
 from unseg.core.backbones import create_backbone
 from unseg.core.devices import resolve_device
 from unseg.core.features import FeatureStream, weights_id
-from unseg.core.store import ShardStore
+from unseg.core.store import ShardStore, check_same_ingestion, check_split
 
 
 def extract_features(train: ShardStore, val: ShardStore, features: dict[str, Any],
                      device: str) -> tuple[FeatureStream, FeatureStream]:
-    """Lazy feature streams of the train and val images (consumed shard by shard when saved)."""
+    """Lazy feature streams of the train and val images (consumed shard by shard when saved).
+
+    Raises:
+        StoreError: the two stores are not the train and val split of one ingestion (e.g. the latest train store of
+            a run that failed before saving its val store, beside the val store of an earlier run).
+    """
+    check_split("prm_train_images", train, "train")
+    check_split("prm_val_images", val, "val")
+    check_same_ingestion(prm_train_images=train, prm_val_images=val, what="extract_features' inputs")
     backbone = create_backbone(features["backbone"], features["weights"], features["pretrained"])
     identity = weights_id(features["weights"], features["pretrained"])
     target = resolve_device(device)

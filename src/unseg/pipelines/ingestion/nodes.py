@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from unseg.core.data.prepare import PreparedImageStream
+from unseg.core.data.prepare import PreparedImageStream, ingestion_fingerprint
 from unseg.core.data.sources import DatasetConfig, build_index
 from unseg.core.store import ShardStore
 
@@ -21,13 +21,23 @@ def prepare_images(index: pd.DataFrame, dataset: dict[str, Any], seed: int,
                    shard_size: int) -> tuple[PreparedImageStream, PreparedImageStream]:
     """Lazy streams of the train and val images (and labels) at the evaluation resolution."""
     config = DatasetConfig.from_params(dataset, seed)
-    return tuple(PreparedImageStream(index[index["split"] == role].reset_index(drop=True), config, shard_size)
-                 for role in ("train", "val"))  # type: ignore[return-value]
+    ingestion = ingestion_fingerprint(index, config, shard_size)  # shared by both stores: they belong together
+    return tuple(PreparedImageStream(index[index["split"] == role].reset_index(drop=True), config, shard_size,
+                                     ingestion) for role in ("train", "val"))  # type: ignore[return-value]
 
 
 def report_ingestion(index: pd.DataFrame, index_skipped: list[dict[str, str]], train: ShardStore,
                      val: ShardStore) -> dict[str, dict[str, float]]:
-    """Image and skipped-file counts per split, as MLflow metrics."""
+    """Image and skipped-file counts per split, as MLflow metrics.
+
+    Raises:
+        ValueError: a split's store holds no image (every one skipped as bad); `PreparedImageStream` says so while
+            writing, this catches a store finished by a resumed write.
+    """
+    for role, store in (("train", train), ("val", val)):
+        if not len(store):
+            raise ValueError(f"empty {role} split in {store.root}: all {len(store.skipped)} images were skipped as bad "
+                             f"when decoded (dataset.on_bad_file=skip); fix or remove them and run again")
     skipped = pd.DataFrame(index_skipped + train.skipped + val.skipped, columns=["id", "path", "problem"])
     metrics = {"ingestion/skipped_files": len(skipped)}
     for role, store in (("train", train), ("val", val)):

@@ -24,7 +24,7 @@ from unseg.core.picie import (
     state_fingerprint,
     train_picie,
 )
-from unseg.core.store import ShardStore
+from unseg.core.store import INGESTION, ShardStore, check_model_ingestion, check_same_ingestion, check_split
 from unseg.core.visualise import plot_training_curves
 
 
@@ -34,12 +34,19 @@ def _with_k(params: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
     return values
 
 
+def _check_images(train_images: ShardStore, val_images: ShardStore, what: str) -> None:
+    check_split("prm_train_images", train_images, "train")
+    check_split("prm_val_images", val_images, "val")
+    check_same_ingestion(prm_train_images=train_images, prm_val_images=val_images, what=what)
+
+
 def train(train_images: ShardStore, val_images: ShardStore, network: dict[str, Any], views: dict[str, Any],
           clustering: dict[str, Any], loss: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any],
           dataset: dict[str, Any], seed: int,
           device: str) -> tuple[PiCIENet, PiCIENet, dict[str, list[dict[str, float]]], dict[str, Any]]:
     """Trains PiCIE (resuming from its checkpoint folder); returns the network twice (catalog copy and MLflow
     model), the per-epoch metrics history and a summary of the run (init used, fingerprint, resumed epoch)."""
+    _check_images(train_images, val_images, "picie.train's inputs")
     result = train_picie(train_images, val_images, NetworkConfig(**network), ViewConfig(**views),
                          ClusterConfig(**_with_k(clustering, dataset["num_classes"])), LossConfig(**loss),
                          TrainConfig(**training), EvalConfig(**_with_k(evaluation, dataset["num_classes"])),
@@ -51,6 +58,7 @@ def extract_features(state: PiCIENet | Mapping[str, torch.Tensor], train_images:
                      network: dict[str, Any], views: dict[str, Any], evaluation: dict[str, Any],
                      device: str) -> tuple[PiCIEFeatureStream, PiCIEFeatureStream]:
     """Lazy streams of the trained network's features (raw, float16, stride 4) of the train and val images."""
+    _check_images(train_images, val_images, "picie.extract_features' inputs")
     net = PiCIENet(NetworkConfig(**network).arch)
     net.load_state_dict(state.state_dict() if isinstance(state, torch.nn.Module) else state)
     weights_id = state_fingerprint(net)
@@ -70,13 +78,15 @@ def fit_eval_kmeans(train_features: ShardStore, network: dict[str, Any], evaluat
     vectors = train_features.sample_vectors("feat", config.sample_size, seed)
     model = {"input": "feat", "metric": config.metric, "centroids": fit_kmeans(vectors, config).tolist(),
              "backbone": train_features.attrs.get("backbone"), "weights": train_features.attrs.get("weights"),
-             "arch": network["arch"], "input_size": train_features.attrs.get("input_size")}
+             "arch": network["arch"], "input_size": train_features.attrs.get("input_size"),
+             INGESTION: train_features.attrs.get(INGESTION)}
     return model, model
 
 
 def predict(kmeans: dict[str, Any], val_features: ShardStore, dataset: dict[str, Any],
             device: str) -> CentroidPredictionStream:
     """Lazy val predictions: cosine scores at stride 4, upsampled bilinearly to the crop, argmax."""
+    check_model_ingestion(kmeans, val_features)
     crop = dataset["crop"]
     return CentroidPredictionStream(val_features, kmeans["input"], False,
                                     np.asarray(kmeans["centroids"], dtype=np.float32), kmeans["metric"],

@@ -23,7 +23,15 @@ from unseg.core.primaps.preview import plot_mask_preview
 from unseg.core.primaps.proposals import ProposalConfig
 from unseg.core.primaps.sources import BackboneFeatures, FeatureSource, StoreFeatures
 from unseg.core.primaps.train import EMConfig, EMData, fit_em
-from unseg.core.store import ShardStore, fingerprint
+from unseg.core.store import (
+    INGESTION,
+    ShardStore,
+    check_made_from,
+    check_model_ingestion,
+    check_same_ingestion,
+    check_split,
+    fingerprint,
+)
 from unseg.core.visualise import plot_training_curves
 
 BASES = ("frozen", "picie")
@@ -34,6 +42,9 @@ NODE_KEYS = ("checkpoint_dir", "monitor_val")  # primaps.em keys for the node, n
 def propose_train_masks(train_images: ShardStore, train_features: ShardStore, proposals: dict[str, Any],
                         crf: dict[str, Any], device: str) -> ProposalStream:
     """Lazy PriMaPs label maps of the train split from the frozen backbone's features."""
+    check_split("prm_train_images", train_images, "train")
+    check_same_ingestion(prm_train_images=train_images, feat_train=train_features, what="propose_masks' inputs")
+    check_made_from("feat_train", train_features, "prm_train_images", train_images)
     return ProposalStream(train_features, train_images, parse_config(ProposalConfig, proposals, "primaps.proposals"),
                           parse_config(CRFConfig, crf, "primaps.crf"), resolve_device(device))
 
@@ -47,6 +58,7 @@ def report_proposals(masks: ShardStore) -> dict[str, dict[str, float]]:
 
 def plot_proposals(train_images: ShardStore, masks: ShardStore, num_images: int) -> Figure:
     """The first train images beside their stored PriMaPs (kedro-viz preview, report)."""
+    check_made_from("mi_primaps_train_masks", masks, "prm_train_images", train_images)
     count = min(num_images, len(masks))
     images = np.stack([train_images.item(i, ["image"])["image"] for i in range(count)])
     return plot_mask_preview(images, np.stack([masks.item(i, ["mask"])["mask"] for i in range(count)]))
@@ -77,11 +89,24 @@ def _backbone_source(images: ShardStore, features: dict[str, Any], cached: Shard
     return BackboneFeatures(images, backbone, device, augment=augment, flip_average=flip_average)
 
 
+def _check_inputs(**stores: ShardStore) -> None:
+    """One ingestion for all; each split where expected; features and masks made from the images given."""
+    check_same_ingestion(**stores, what="PriMaPs-EM's inputs")
+    for name, store in stores.items():
+        split = "train" if name in ("base_train", "masks", "train_images") else "val"
+        check_split(name, store, split)
+    for derived, images in (("base_train", "train_images"), ("masks", "train_images"), ("base_val", "val_images")):
+        if derived in stores and images in stores:
+            check_made_from(derived, stores[derived], images, stores[images])
+
+
 def _fit(method: str, base_train: ShardStore, base_val: ShardStore, masks: ShardStore, train_images: ShardStore,
          val_images: ShardStore, augment: bool, em: dict[str, Any], base: dict[str, Any], features: dict[str, Any],
          dataset: dict[str, Any], seed: int, device: str,
          centroids: np.ndarray | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, float]]]]:
     name, online = _base_setting(base, augment)
+    _check_inputs(base_train=base_train, base_val=base_val, masks=masks, train_images=train_images,
+                  val_images=val_images)
     missing = set(NODE_KEYS) - set(em)
     if missing:
         raise ValueError(f"primaps.em: missing keys {sorted(missing)}")
@@ -110,7 +135,7 @@ def _fit(method: str, base_train: ShardStore, base_val: ShardStore, masks: Shard
              "online": online, "num_prototypes": config.num_prototypes, "feature_dim": teacher.dim,
              "teacher": result.teacher.state(), "student": result.student.state(), "epochs": config.epochs,
              "steps": result.steps, "teacher_updates": result.teacher_updates, "skipped_images": result.skipped,
-             "checkpoint_key": key}
+             "checkpoint_key": key, INGESTION: base_train.attrs.get(INGESTION)}
     prefix = "primaps" if method == "primaps_em" else method
     metrics: dict[str, list[dict[str, float]]] = {}
     for epoch, record in enumerate(result.history):
@@ -157,6 +182,8 @@ def predict_val(model: dict[str, Any], base_val: ShardStore, val_images: ShardSt
     Features: cached val features (augment false), or flip-averaged features of the frozen backbone run online.
     """
     name, online = _base_setting(base, augment)
+    _check_inputs(base_val=base_val, val_images=val_images)
+    check_model_ingestion(model, base_val)
     target = resolve_device(device)
     source: FeatureSource = StoreFeatures(base_val, target)
     if online:
