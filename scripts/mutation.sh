@@ -25,5 +25,11 @@ else
 fi
 mkdir -p mutants
 echo "mutmut run: progress in mutants/mutmut.log"
-.venv/bin/mutmut run "${patterns[@]}" > mutants/mutmut.log 2>&1 || { tail -n 30 mutants/mutmut.log; exit 1; }
+# its own session, so that worker processes mutmut leaves behind (seen: hundreds, holding GBs) are ended with it
+setsid .venv/bin/mutmut run "${patterns[@]}" > mutants/mutmut.log 2>&1 &
+session=$!
+status=0
+wait "$session" || status=$?
+pkill -s "$session" 2>/dev/null || true
+[ "$status" -eq 0 ] || { tail -n 30 mutants/mutmut.log; exit 1; }
 .venv/bin/python scripts/mutation_score.py
