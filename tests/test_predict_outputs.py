@@ -161,3 +161,28 @@ def test_large_images_are_segmented_at_max_side(tmp_path: Path, monkeypatch: pyt
                           torch.device("cpu"))
     expected = segmenter(resize_image(np.asarray(Image.open(folder / "wide.png")), (17, 24)))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "wide/label.png")), expected)
+
+
+@pytest.mark.integration
+def test_images_are_decoded_as_ingestion_decodes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXIF orientation applied (a photo tagged "rotate 90" is segmented upright, at its shown size, also when it is
+    resized) and 16-bit grey scaled to 8 bits (not saturated to white), as in ingestion."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = np.random.default_rng(4).integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    Image.fromarray(pixels).save(folder / "turned.png", exif=exif)
+    Image.fromarray(pixels).resize((48, 32)).save(folder / "turned_big.jpg", exif=exif, quality=95)
+    grey = np.random.default_rng(5).integers(0, 65536, (16, 20), dtype=np.uint16)
+    Image.fromarray(grey).save(folder / "deep.png")
+    _predict(folder, "2024-01-02T00.00.00.000Z", max_side=24)
+    out = OUTPUTS / "2024-01-02T00.00.00.000Z/predict"
+    segmenter = Segmenter(create_backbone("efficientnet_lite0"), _trained()["model"], np.array(MAPPING),
+                          torch.device("cpu"))
+    upright = np.ascontiguousarray(np.rot90(pixels, k=-1))  # (24, 16, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "turned/label.png")), segmenter(upright))
+    assert np.asarray(Image.open(out / "turned_big/label.png")).shape == (24, 16)
+    expected = segmenter(np.repeat((grey >> 8).astype(np.uint8)[:, :, None], 3, axis=2))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "deep/label.png")), expected)

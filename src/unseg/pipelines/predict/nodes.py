@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from unseg.core.backbones import create_backbone
+from unseg.core.data.sources import image_to_rgb
 from unseg.core.devices import resolve_device
 from unseg.core.predict import (
     PredictConfig,
@@ -27,14 +28,20 @@ from unseg.core.visualise import label_palette
 logger = logging.getLogger(__name__)
 
 
-def _decode(load: Callable[[], Any], max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """The image at its working size (longer side at most max_side), uint8 (h, w, 3), and its own size (H, W)."""
+def _decode(name: str, load: Callable[[], Any], max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image as ingestion decodes it (EXIF orientation applied, 16-bit scaled, alpha dropped: see
+    `unseg.core.data.sources.image_to_rgb`) at its working size (longer side at most max_side), uint8 (h, w, 3), and
+    its own size (H, W) as shown."""
     with load() as img:  # a lazily opened PIL image (ImageFolderDataset)
-        size = img.height, img.width
+        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)  # shown with height and width swapped
+        stored = img.height, img.width
+        size = stored[::-1] if turned else stored
         work = working_size(*size, max_side)
         if work != size:
-            img.draft(None, (work[1], work[0]))  # JPEG: decode at the smallest DCT scale that still covers it
-        return resize_image(np.asarray(img.convert("RGB")), work), size
+            draft = work[::-1] if turned else work
+            img.draft(None, (draft[1], draft[0]))  # JPEG: decode at the smallest DCT scale that still covers it
+        shown = ImageOps.exif_transpose(img)
+        return resize_image(image_to_rgb(shown, name), work), size
 
 
 def segment_images(folder: dict[str, Any], trained: dict[str, Any], features: dict[str, Any], crf: dict[str, Any],
@@ -65,7 +72,7 @@ def segment_images(folder: dict[str, Any], trained: dict[str, Any], features: di
     skipped, readable, resized = [], [], []
     for name, load in sorted(images.items()):
         try:
-            image, size = _decode(load, config.max_side)
+            image, size = _decode(name, load, config.max_side)
             readable.append(name)
         except Exception as err:  # noqa: BLE001 - any decoder error: listed, the other images go on
             logger.warning("skipping %s: unreadable image (%s: %s)", name, err.__class__.__name__, err)
@@ -98,7 +105,7 @@ def segment_images(folder: dict[str, Any], trained: dict[str, Any], features: di
     def outputs(name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in cache:  # label then overlay of one image are saved back to back (sorted keys)
             cache.clear()
-            image = _decode(images[name], config.max_side)[0]
+            image = _decode(name, images[name], config.max_side)[0]
             cache[name] = image, segmenter(image)
         return cache[name]
 
