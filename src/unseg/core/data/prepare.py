@@ -71,13 +71,18 @@ def file_identity(table: pd.DataFrame) -> list[list[Any]]:
             for row in table.itertuples(index=False)]
 
 
+# How files become pixels (16-bit scaling, EXIF orientation, alpha): part of every prepared store's identity, so a
+# change of decoding never resumes from shards written the old way. Raise it with any such change.
+DECODING = 2
+
+
 def ingestion_fingerprint(index: pd.DataFrame, config: DatasetConfig, shard_size: int) -> str:
     """The identity of one ingestion: the whole index (every split, files' sizes and mtimes) and the settings.
 
     Both prepared stores record it (attrs["ingestion"]), and so does every store made from them, so consumers can
     check that their inputs come from one ingestion (`unseg.core.store.check_same_ingestion`).
     """
-    return fingerprint(asdict(config), shard_size, file_identity(index))
+    return fingerprint(asdict(config), shard_size, DECODING, file_identity(index))
 
 
 @dataclass
@@ -113,7 +118,7 @@ class PreparedImageStream:
                       "num_classes": self.config.num_classes, "ignore_index": self.config.ignore_index,
                       "class_names": self.config.names, "thing_classes": list(self.config.thing_classes or ()),
                       "stuff_classes": list(self.config.stuff_classes or ())}
-        self.fingerprint = fingerprint(self.attrs, self.config.on_bad_file, self.shard_size,
+        self.fingerprint = fingerprint(self.attrs, self.config.on_bad_file, self.shard_size, DECODING,
                                        file_identity(self.table))
         self.attrs[INGESTION] = self.ingestion or ingestion_fingerprint(self.table, self.config, self.shard_size)
 
