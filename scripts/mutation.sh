@@ -4,7 +4,7 @@
 #
 #   bash scripts/mutation.sh                      every configured module, from scratch
 #   bash scripts/mutation.sh core/picie/loss.py   one or more modules (their mutants re-run, other results kept)
-#   bash scripts/mutation.sh --survivors          re-run only the mutants that survived the last run (after new tests)
+#   bash scripts/mutation.sh --survivors          re-run only the mutants not killed so far (survived or unchecked)
 #
 # Inspect a survivor with `.venv/bin/mutmut show NAME`; docs/testing.md lists the ones that are equivalent.
 set -euo pipefail
@@ -13,7 +13,7 @@ bash scripts/setup.sh
 export KEDRO_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 patterns=()
 if [ "${1:-}" = "--survivors" ]; then
-    mapfile -t patterns < <(.venv/bin/python scripts/mutation_score.py --survivors | sed -n 's/^    //p')
+    mapfile -t patterns < <(.venv/bin/python scripts/mutation_score.py --pending)
     [ ${#patterns[@]} -gt 0 ] || { echo "no survivors to re-run"; exit 0; }
 elif [ $# -gt 0 ]; then
     for module in "$@"; do

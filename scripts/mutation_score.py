@@ -1,7 +1,9 @@
 """Prints the mutation score of each module mutmut has results for (read from mutants/**/*.meta).
 
 Run by scripts/mutation.sh after `mutmut run`; a mutant counts as killed when a test failed on it or it made the
-tests time out. `--survivors` also lists the surviving mutants' names (inspect one with `mutmut show NAME`).
+tests time out. `--survivors` also lists the surviving mutants' names (inspect one with `mutmut show NAME`);
+`--pending` lists only the names of those not killed yet (survived or never checked), which
+`scripts/mutation.sh --survivors` re-runs.
 """
 
 from __future__ import annotations
@@ -18,13 +20,20 @@ NOT_RUN = {None: "not checked", 2: "interrupted", 34: "skipped"}
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--survivors", action="store_true", help="list every mutant that was not killed")
+    parser.add_argument("--survivors", action="store_true", help="list every mutant that survived")
+    parser.add_argument("--pending", action="store_true",
+                        help="only list the mutants not killed yet (survived or never checked), one a line")
     parser.add_argument("--min-score", type=float, default=80.0, help="score every module must reach (percent)")
     args = parser.parse_args()
     metas = sorted(Path("mutants").rglob("*.py.meta"))
     if not metas:
         sys.stderr.write("no mutmut results under ./mutants: run scripts/mutation.sh first\n")
         return 2
+    if args.pending:
+        for meta in metas:
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+            sys.stdout.writelines(f"{name}\n" for name, c in sorted(codes.items()) if c not in KILLED)
+        return 0
     rows, failing = [], 0
     for meta in metas:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
