@@ -40,14 +40,7 @@ TRAIN = TrainConfig(epochs=2, batch_size=2, lr=0.05, progress=False)
 # view's centroids, or without T, comes out different
 CENTROIDS = [torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is as fast and spares a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def context(n: int = 3, clustering: ClusterConfig = CLUSTERING, loss: LossConfig = LossConfig(),  # noqa: B008

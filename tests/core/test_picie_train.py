@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,8 @@ from unseg.core.store import ShardStore, write_store
 SIDE = 32
 CPU = torch.device("cpu")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is as fast, and spares the OpenMP spin-waits that make a loaded 2-core
-    machine crawl (measured: 20 s instead of 65 s for the short-epoch test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def scenes(root: Path, split: str, count: int) -> ShardStore:
     write_store(SceneStream(split, count, SIDE), root, progress=False)
