@@ -405,3 +405,32 @@ def test_crop_beyond_the_outer_pixel_centres_repeats_the_border_and_keeps_float6
     for i, (box, flip) in enumerate(zip(INNER_BOXES, INNER_FLIPS, strict=True)):
         xs, _ = ramp_crop(box, flip, 24, 24)
         torch.testing.assert_close(got[i, 0], xs.double(), atol=1e-6, rtol=0)
+
+
+def impulse_response(side: int, sigma: float, radius: int) -> np.ndarray:
+    """The blur of a unit impulse at the centre of a side x side image, by hand: the normalised 1-D Gaussian of
+    `radius` taps each side, run along a reflect-padded impulse (numpy), then the outer product (separable)."""
+    taps = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (taps / sigma) ** 2)
+    k = k / k.sum()
+    impulse = np.zeros(side)
+    impulse[side // 2] = 1.0
+    profile = np.convolve(np.pad(impulse, radius, mode="reflect"), k, mode="valid")
+    return np.outer(profile, profile)
+
+
+@pytest.mark.parametrize(("side", "sigma", "radius"), [(7, 0.3, 1), (3, 2.0, 1), (9, 2.0, 4)])
+def test_blur_of_an_impulse_by_hand(side: int, sigma: float, radius: int) -> None:
+    """A small sigma still blurs (3 taps for sigma 0.3: ceil(3 sigma) = 1); a large one is capped to the widest odd
+    kernel below the side: 3 taps on 3 px, 9 taps on 9 px."""
+    x = torch.zeros(1, 1, side, side, dtype=torch.float64)
+    x[0, 0, side // 2, side // 2] = 1.0
+    got = gaussian_blur(x, np.array([sigma]))[0, 0].numpy()
+    np.testing.assert_allclose(got, impulse_response(side, sigma, radius), atol=1e-12, rtol=0)
+
+
+def test_blur_leaves_tiny_and_empty_batches_alone() -> None:
+    """Images of side 2 or less have no room for a kernel (unchanged); an empty batch stays empty."""
+    x = torch.rand(2, 3, 2, 5, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_blur(x, np.array([1.5, 2.0])), x)
+    assert gaussian_blur(torch.zeros(0, 3, 8, 8), np.zeros(0)).shape == (0, 3, 8, 8)
