@@ -209,9 +209,9 @@ def test_clustering_pass_feeds_both_views_in_shuffled_batches_and_fills_the_cach
 
 
 def test_label_dtype_holds_every_cluster_index() -> None:
-    """uint8 labels up to K = 256, int16 beyond (a label 299 stays 299)."""
+    """uint8 labels up to K = 256, int16 beyond (labels 256 and 299 stay what they are)."""
     params = hand_params(3, INNER_BOXES, INNER_FLIPS)
-    for k, dtype in ((256, np.uint8), (300, np.int16)):
+    for k, dtype in ((256, np.uint8), (257, np.int16), (300, np.int16)):
         ctx = context(clustering=ClusterConfig(num_clusters=k, sample_size=k, batch_size=2))
         centroids = torch.zeros(k, 3)
         centroids[:, 2] = -1.0  # never nearest
