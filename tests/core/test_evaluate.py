@@ -119,11 +119,13 @@ def test_constant_items_stay_constant_at_a_non_integer_scale(tmp_path: Path) -> 
         np.testing.assert_array_equal(preds.item(i)["pred"], np.full((7, 11), k))
 
 
-def test_more_than_256_centroids_predict_int32(tmp_path: Path) -> None:
-    grids = np.array([[[0, 299], [150, 257]]])
-    source = make_store(tmp_path / "feat", feat=planted_features(grids, dim=300))
-    stream, preds = predict_store(tmp_path, source, "feat", False, np.eye(300, dtype=np.float32), "cosine", (2, 2))
-    assert stream.fields["pred"].dtype == "int32"
+@pytest.mark.parametrize(("k", "dtype"), [(256, "uint8"), (257, "int32"), (300, "int32")])
+def test_more_than_256_centroids_predict_int32(tmp_path: Path, k: int, dtype: str) -> None:
+    """Cluster ids up to 255 fit uint8; from 257 clusters on, id 256 must not wrap to 0."""
+    grids = np.array([[[0, k - 1], [k // 2, 255]]])
+    source = make_store(tmp_path / "feat", feat=planted_features(grids, dim=k))
+    stream, preds = predict_store(tmp_path, source, "feat", False, np.eye(k, dtype=np.float32), "cosine", (2, 2))
+    assert stream.fields["pred"].dtype == dtype
     np.testing.assert_array_equal(preds.item(0)["pred"], grids[0])
 
 
@@ -168,6 +170,21 @@ def test_fingerprint_follows_centroids_and_size(tmp_path: Path) -> None:
     assert fp(eye, (3, 4)) == fp(eye.copy(), (3, 4))
     assert fp(eye, (3, 4)) != fp(eye, (6, 8))
     assert fp(eye, (3, 4)) != fp(eye[::-1].copy(), (3, 4))
+
+
+def test_fingerprint_follows_the_bias_metric_and_source(tmp_path: Path) -> None:
+    """A probe's bias, the metric and the scored store are part of what the predictions were made from."""
+    source = make_store(tmp_path / "feat", feat=planted_features(GRIDS, dim=3))
+    other = make_store(tmp_path / "other", prefix="x", feat=planted_features(GRIDS, dim=3))
+    eye = np.eye(3, dtype=np.float32)
+
+    def fp(store: ShardStore = source, metric: str = "linear", bias: np.ndarray | None = None) -> str:
+        return CentroidPredictionStream(store, "feat", False, eye, metric, (3, 4), CPU, bias=bias).fingerprint
+
+    prints = [fp(), fp(bias=np.zeros(3, np.float32)), fp(bias=np.array([0, 1, 0], np.float32)), fp(metric="cosine"),
+              fp(other)]
+    assert len(set(prints)) == len(prints)
+    assert fp(bias=np.ones(3, np.float32)) == fp(bias=np.ones(3, np.float32))
 
 
 # ------------------------------------------------------------------------------------------------- confusion_of
@@ -238,6 +255,12 @@ def test_things_and_stuff_subsets_when_given() -> None:
     record = method_scores("over", OVER, NAMES, things=[2], stuff=[0, 1])
     assert record["miou_things"] == pytest.approx(100.0)
     assert record["miou_stuff"] == pytest.approx((100 * 10 / 15 + 100) / 2)
+
+
+def test_subsets_need_both_things_and_stuff() -> None:
+    """Things and stuff are reported together or not at all (a data set defines both or neither)."""
+    assert "miou_things" not in method_scores("m", PERMUTED, NAMES, things=[2])
+    assert "miou_stuff" not in method_scores("m", PERMUTED, NAMES, stuff=[0, 1])
 
 
 def test_class_absent_and_never_predicted_has_no_iou() -> None:

@@ -434,3 +434,16 @@ def test_blur_leaves_tiny_and_empty_batches_alone() -> None:
     x = torch.rand(2, 3, 2, 5, dtype=torch.float64)
     torch.testing.assert_close(gaussian_blur(x, np.array([1.5, 2.0])), x)
     assert gaussian_blur(torch.zeros(0, 3, 8, 8), np.zeros(0)).shape == (0, 3, 8, 8)
+
+
+def test_contrast_above_one_is_clamped_before_saturation() -> None:
+    """Contrast 1.3 pushes the bright pixels above 1: they are clamped (as torchvision does) before the saturation
+    step takes its grey from them."""
+    img = torch.tensor([[[0.95, 1.0], [0.1, 0.0]], [[0.9, 0.2], [0.05, 0.1]], [[1.0, 0.6], [0.0, 0.3]]],
+                       dtype=torch.float64).unsqueeze(0)
+    jitter = np.zeros((2, 1, 4))
+    jitter[..., :3] = 1.0
+    jitter[0, 0, 1:3] = (1.3, 0.5)  # view 1: contrast 1.3, saturation 0.5
+    assert (1.3 * img - 0.3 * TF.rgb_to_grayscale(img[0]).mean() > 1).any()  # the case is the one meant
+    expected = TF.adjust_saturation(TF.adjust_contrast(img[0], 1.3), 0.5)
+    torch.testing.assert_close(photometric(img, hand_params(1, jitter=jitter), 0)[0], expected, atol=1e-6, rtol=0)
