@@ -213,3 +213,33 @@ def test_the_seed_changes_the_fit() -> None:
     fits = [fit_kmeans(x, KMeansConfig(num_clusters=5, sample_size=300, num_iters=10, seed=s)) for s in (0, 1, 0)]
     np.testing.assert_array_equal(fits[0], fits[2])
     assert not np.allclose(fits[0], fits[1], atol=1e-3)
+
+
+def test_l2_normalise_by_hand() -> None:
+    """Rows scaled to unit length (also rows shorter than 1); zero rows stay zero; float32."""
+    out = l2_normalise(np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_centroids_are_unit_for_cosine_and_blob_means_for_euclidean(metric: str) -> None:
+    """Spherical centroids come back L2-normalised; Euclidean ones are means of the data (blob centres lie 20 from
+    the origin), not normalised."""
+    x, _ = blobs()
+    centroids = fit_kmeans(x, KMeansConfig(num_clusters=K, metric=metric, num_iters=10, seed=0))
+    assert centroids.dtype == np.float32 and centroids.shape == (K, D)
+    lengths = np.linalg.norm(centroids, axis=1)
+    if metric == "cosine":
+        np.testing.assert_allclose(lengths, 1.0, rtol=1e-5)
+    else:
+        assert (lengths > 10).all()
+
+
+def test_exactly_k_vectors_and_no_gpu_warning_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
+    """K vectors are enough for K clusters; without use_gpu nothing is said about GPUs."""
+    x, _ = blobs()
+    with caplog.at_level("WARNING", logger="unseg.core.kmeans"):
+        centroids = fit_kmeans(x[:K], KMeansConfig(num_clusters=K, metric="euclidean", num_iters=5, seed=0))
+    assert centroids.shape == (K, D)
+    assert "GPU" not in caplog.text
