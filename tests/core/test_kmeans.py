@@ -92,14 +92,23 @@ def test_vectors_must_be_2d() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"metric": "manhattan"}, "kmeans metric 'manhattan'; valid: cosine, euclidean"),
-    ({"num_clusters": 0}, "num_clusters must be >= 1"),
-    ({"num_iters": 0}, "num_iters and num_redo must be >= 1"),
-    ({"num_redo": 0}, "num_iters and num_redo must be >= 1"),
+    ({"metric": "manhattan"}, "^kmeans metric 'manhattan'; valid: cosine, euclidean$"),
+    ({"num_clusters": 0}, "^kmeans num_clusters must be >= 1, got 0$"),
+    ({"num_iters": 0}, "^kmeans num_iters and num_redo must be >= 1, got 0, 1$"),
+    ({"num_redo": 0}, "^kmeans num_iters and num_redo must be >= 1, got 30, 0$"),
+    ({"num_iters": -1, "num_redo": -2}, "^kmeans num_iters and num_redo must be >= 1, got -1, -2$"),
 ])
 def test_config_validation(kwargs, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         KMeansConfig(**{"num_clusters": 3, **kwargs})
+
+
+def test_config_boundaries_are_valid() -> None:
+    """One cluster, one iteration and one restart are the smallest valid settings; the defaults are the documented
+    ones."""
+    config = KMeansConfig(num_clusters=1, num_iters=1, num_redo=1)
+    assert (config.num_clusters, config.num_iters, config.num_redo) == (1, 1, 1)
+    assert KMeansConfig(num_clusters=2) == KMeansConfig(2, "cosine", 30, 1, 100_000, 0)
 
 
 def test_bad_metric_in_scores() -> None:
@@ -243,3 +252,72 @@ def test_exactly_k_vectors_and_no_gpu_warning_unless_asked(caplog: pytest.LogCap
         centroids = fit_kmeans(x[:K], KMeansConfig(num_clusters=K, metric="euclidean", num_iters=5, seed=0))
     assert centroids.shape == (K, D)
     assert "GPU" not in caplog.text
+
+
+class FaissSpy:
+    """Stands in for faiss.Kmeans: records the constructor's arguments and the training vectors, then runs the real
+    faiss k-means on them."""
+
+    calls: list[dict] = []
+    real = None  # faiss.Kmeans, set by the fixture before it patches
+
+    def __init__(self, d: int, k: int, **kwargs) -> None:
+        self.record = {"d": d, "k": k, **kwargs}
+        FaissSpy.calls.append(self.record)
+        self._real = FaissSpy.real(d, k, **kwargs)
+
+    def train(self, x: np.ndarray) -> None:
+        self.record["x"] = x.copy()
+        self._real.train(x)
+        self.obj, self.centroids = self._real.obj, self._real.centroids
+
+
+@pytest.fixture
+def faiss_spy(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    import unseg.core.kmeans as kmeans_module
+
+    FaissSpy.calls, FaissSpy.real = [], kmeans_module.faiss.Kmeans
+    monkeypatch.setattr(kmeans_module.faiss, "Kmeans", FaissSpy)
+    return FaissSpy.calls
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_faiss_receives_every_setting(faiss_spy: list[dict], metric: str) -> None:
+    """Iterations, restarts, the metric (spherical), the seed, CPU and quiet reach faiss as configured; faiss may keep
+    every sampled vector (its own default subsamples at 256 per centroid)."""
+    x, _ = blobs()
+    fit_kmeans(x, KMeansConfig(num_clusters=2, metric=metric, num_iters=7, num_redo=2, sample_size=590, seed=11))
+    (call,) = faiss_spy
+    assert {key: value for key, value in call.items() if key != "x"} == {
+        "d": D, "k": 2, "niter": 7, "nredo": 2, "spherical": metric == "cosine", "seed": 11, "gpu": False,
+        "verbose": False, "max_points_per_centroid": 590 // 2 + 1}
+    assert call["x"].shape == (590, D)
+
+
+def test_faiss_keeps_its_floor_of_256_points_per_centroid(faiss_spy: list[dict]) -> None:
+    x, _ = blobs()
+    fit_kmeans(x, KMeansConfig(num_clusters=K, metric="euclidean", num_iters=2))
+    assert faiss_spy[0]["max_points_per_centroid"] == 256  # 600 // 4 + 1 = 151 < 256
+
+
+def test_no_sample_when_every_vector_fits(faiss_spy: list[dict]) -> None:
+    """sample_size >= N: faiss trains on the vectors as given, in their order (L2-normalised for cosine)."""
+    x, _ = blobs()
+    fit_kmeans(x, KMeansConfig(num_clusters=K, metric="euclidean", num_iters=2, sample_size=len(x)))
+    fit_kmeans(x, KMeansConfig(num_clusters=K, metric="cosine", num_iters=2, sample_size=len(x) + 1))
+    np.testing.assert_array_equal(faiss_spy[0]["x"], x)
+    np.testing.assert_allclose(faiss_spy[1]["x"], x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+
+
+def test_the_sample_is_distinct_rows_chosen_by_the_seed(faiss_spy: list[dict]) -> None:
+    """sample_size < N: faiss trains on sample_size distinct input rows (drawn without replacement); the seed chooses
+    which: the same seed the same rows, another seed other rows."""
+    x = np.arange(200 * 2, dtype=np.float32).reshape(200, 2)  # every row distinct
+    for seed in (0, 0, 1):
+        fit_kmeans(x, KMeansConfig(num_clusters=2, metric="euclidean", num_iters=1, sample_size=150, seed=seed))
+    rows = [{tuple(row) for row in call["x"].tolist()} for call in faiss_spy]
+    every_row = {tuple(row) for row in x.tolist()}
+    for call, chosen in zip(faiss_spy, rows, strict=True):
+        assert call["x"].shape == (150, 2) and len(chosen) == 150 and chosen <= every_row
+    np.testing.assert_array_equal(faiss_spy[0]["x"], faiss_spy[1]["x"])
+    assert rows[0] != rows[2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unseg.core.evaluate import CentroidPredictionStream, confusion_of, method_scores
-from unseg.core.linear_probe import LinearProbeConfig, fit_linear_probe
+from unseg.core.linear_probe import LinearProbeConfig, _batches, fit_linear_probe
 from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
 
 K, C, GRID, SIZE = 3, 6, 4, 8
@@ -75,3 +75,41 @@ def test_probe_needs_labels_and_matching_images(planted: tuple[ShardStore, Shard
         fit_linear_probe(features, features, K, LinearProbeConfig(), torch.device("cpu"))
     with pytest.raises(ValueError, match="epochs"):
         LinearProbeConfig(epochs=0)
+
+
+def test_streamed_probe_equals_an_in_memory_one(planted: tuple[ShardStore, ShardStore],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streamed probe (one shard in memory) trains exactly as a probe over the whole split held in memory, with
+    the same batches in the same order: shards in a seeded random order, items shuffled within each shard. The
+    batches are made lazily: the first one has read one shard."""
+    features, labels = planted
+    config = LinearProbeConfig(epochs=3, lr=0.05, batch_size=3, seed=4)
+    feats = np.concatenate([np.asarray(s["feat"]) for s in features.iter_shards(["feat"])]).astype(np.float32)
+    gts = np.concatenate([np.asarray(s["label"]) for s in labels.iter_shards(["label"])]).astype(np.int64)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    probe = torch.nn.Conv2d(C, K, kernel_size=1)
+    optimiser = torch.optim.Adam(probe.parameters(), lr=config.lr)
+    for _ in range(config.epochs):
+        for shard in rng.permutation(2):
+            order = shard * 4 + rng.permutation(4)
+            for start in range(0, 4, config.batch_size):
+                rows = order[start:start + config.batch_size]
+                y = torch.from_numpy(gts[rows])
+                y = torch.where(y < K, y, torch.full_like(y, -100))
+                logits = torch.nn.functional.interpolate(probe(torch.from_numpy(feats[rows])), size=(SIZE, SIZE),
+                                                         mode="bilinear", align_corners=False)
+                loss = torch.nn.functional.cross_entropy(logits, y, ignore_index=-100)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+    reads: list[int] = []
+    real_shard = features.shard
+    monkeypatch.setattr(features, "shard", lambda index, names=None: reads.append(index) or real_shard(index, names))
+    streamed = fit_linear_probe(features, labels, K, config, torch.device("cpu"))
+    torch.testing.assert_close(streamed.weight, probe.weight.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(streamed.bias, probe.bias.detach(), rtol=1e-5, atol=1e-6)
+    assert len(reads) == 2 * config.epochs  # each shard once per epoch
+    reads.clear()
+    next(_batches(features, labels, 3, np.random.default_rng(0)))
+    assert len(reads) == 1

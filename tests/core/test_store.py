@@ -223,6 +223,29 @@ def test_sample_vectors_deterministic_per_seed(tmp_path: Path) -> None:
     assert not np.array_equal(a, store.sample_vectors("feat", 30, seed=6))
 
 
+def test_sample_vectors_reads_only_the_items_it_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The items read grow with the sample, not with the store: a sample of half an item's pixels reads
+    ceil(4 * count / per_item) = 2 items (at most a quarter of each item's pixels is taken), wherever they are;
+    over seeds every item can be chosen."""
+    write_store(FakeStream(num_items=60, shard_size=7), tmp_path / "store", progress=False)
+    store = ShardStore(tmp_path / "store")
+    read: list[int] = []
+    real_locate = store.locate
+    monkeypatch.setattr(store, "locate", lambda key: read.append(int(key)) or real_locate(key))
+    per_item, chosen = H * W, set()
+    for seed in range(80):
+        read.clear()
+        sample = store.sample_vectors("feat", per_item // 2, seed=seed)
+        items = set((sample[:, 0] // 1000).astype(int).tolist())
+        assert len(read) <= 2 and items == set(read)
+        for row in range(0, len(sample), 5):
+            i, rest = divmod(int(sample[row, 0]), 1000)
+            y, x = divmod(rest, 10)
+            np.testing.assert_array_equal(sample[row], feat_of(i)[:, y, x])
+        chosen |= items
+    assert len(chosen) > 50
+
+
 def test_sample_vectors_needs_a_dense_field(tmp_path: Path) -> None:
     write_store(FakeStream(num_items=4), tmp_path / "store", progress=False)
     with pytest.raises(StoreError, match="'n'"):

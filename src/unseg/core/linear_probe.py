@@ -10,6 +10,7 @@ an unsupervised method.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,16 +38,15 @@ class LinearProbeConfig:
 
 
 def _batches(features: ShardStore, labels: ShardStore, batch_size: int,
-             rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled (features, labels) batches, one shard in memory at a time."""
-    out = []
+             rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled (features, labels) batches, streamed: shards in random order, items shuffled within a shard, one
+    shard in memory at a time (memory flat in the number of images)."""
     for index in rng.permutation(features.num_shards):
         feats = np.asarray(features.shard(int(index), ["feat"])["feat"])
         gts = np.asarray(labels.shard(int(index), ["label"])["label"])
         order = rng.permutation(len(feats))
-        out.extend((feats[order[s:s + batch_size]], gts[order[s:s + batch_size]])
-                   for s in range(0, len(order), batch_size))
-    return out
+        for start in range(0, len(order), batch_size):
+            yield feats[order[start:start + batch_size]], gts[order[start:start + batch_size]]
 
 
 def fit_linear_probe(features: ShardStore, labels: ShardStore, num_classes: int, config: LinearProbeConfig,

@@ -361,31 +361,41 @@ class ShardStore:
         for index in range(self.num_shards):
             yield self.shard(index, names)
 
-    def sample_vectors(self, name: str, count: int, seed: int, channels_last: bool = False) -> np.ndarray:
-        """A uniform random sample of the channel vectors of a dense field.
+    def sample_vectors(self, name: str, count: int, seed: int, channels_last: bool = False,
+                       item_share: int = 4) -> np.ndarray:
+        """A random sample of the channel vectors of a dense field that reads only the items it samples from.
+
+        The vectors are drawn uniformly without replacement from the pixels of a random subset of items, large
+        enough that the sample takes at most 1/`item_share` of their pixels (every item when the store is small:
+        then the draw is uniform over all pixels). So the items read grow with `count`, not with the store: 1M
+        vectors of 40x40 grids read 2,500 items, whether the store holds 5,000 or 50,000.
 
         Args:
             name: the field, of shape (C, h, w), or (h, w, C) with channels_last (images).
             count: vectors wanted; all of them when the store holds fewer.
             seed: seeds the draw.
             channels_last: the field's layout.
+            item_share: at most 1/item_share of a sampled item's pixels are taken, on average.
 
         Returns:
-            float32 array (min(count, total), C), drawn without replacement, in store order.
+            float32 array (min(count, total), C), in store order.
         """
         spec = self.fields[name]
         if len(spec.shape) != 3:
             raise StoreError(f"{self.root}: field {name!r} has shape {spec.shape}, expected (C, h, w) or (h, w, C)")
         channels = spec.shape[-1] if channels_last else spec.shape[0]
         per_item = int(np.prod(spec.shape)) // channels
-        total = len(self) * per_item
         rng = np.random.default_rng(seed)
+        num_items = min(len(self), -(-count * item_share // per_item))
+        items = (np.arange(len(self)) if num_items == len(self)
+                 else np.sort(rng.choice(len(self), size=num_items, replace=False)))
+        total = num_items * per_item
         flat = np.sort(rng.choice(total, size=min(count, total), replace=False))
-        item, pixel = np.divmod(flat, per_item)
+        chosen, pixel = np.divmod(flat, per_item)
         out = np.empty((len(flat), channels), dtype=np.float32)
-        for position in np.unique(item):  # one item at a time keeps memory at one item
-            rows = np.nonzero(item == position)[0]
-            shard, offset = self.locate(int(position))
+        for k in np.unique(chosen):  # one item at a time keeps memory at one item
+            rows = np.nonzero(chosen == k)[0]
+            shard, offset = self.locate(int(items[k]))
             block = np.asarray(self.shard(shard, [name])[name][offset])
             block = block.reshape(per_item, channels) if channels_last else block.reshape(channels, per_item).T
             out[rows] = block[pixel[rows]]
