@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -462,7 +463,7 @@ def test_rewriting_with_the_same_fingerprint(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- ShardStoreDataset
 def versions_of(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
 def test_dataset_unversioned_save_load(tmp_path: Path) -> None:
@@ -487,6 +488,9 @@ def test_dataset_versioned_save_load_two_versions(tmp_path: Path) -> None:
     [first] = versions_of(filepath)
     assert (filepath / first / "feat" / "meta.json").is_file()
     assert_content(dataset.load(), range(5))
+    # the version is a record of the data, which lives content-addressed in .stores/<fingerprint>
+    assert [p.name for p in (filepath / first / "feat").iterdir()] == ["meta.json"]
+    assert dataset.load().data_root.resolve() == (filepath / ".stores" / "one").resolve()
 
     time.sleep(0.01)  # versions are millisecond timestamps
     dataset.save(FakeStream(num_items=7, fp="two", offset=0.5))
@@ -498,7 +502,8 @@ def test_dataset_versioned_save_load_two_versions(tmp_path: Path) -> None:
     assert_content(dataset.load(), range(7), offset=0.5)
     pinned = ShardStoreDataset(filepath=str(filepath), version=Version(first, None), progress=False).load()
     assert_content(pinned, range(5))
-    assert staging_dirs(tmp_path) == []
+    assert staging_dirs(tmp_path) == [] and staging_dirs(filepath / ".stores") == []
+    assert sorted(p.name for p in (filepath / ".stores").iterdir()) == ["one", "two"]
 
 
 def test_dataset_killed_versioned_save_resumes(tmp_path: Path) -> None:
@@ -506,10 +511,10 @@ def test_dataset_killed_versioned_save_resumes(tmp_path: Path) -> None:
     killed = FakeStream(fail_after=2)
     with pytest.raises(DatasetError, match="simulated kill"):
         ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(killed)
-    # nothing was published as a version; the finished shards wait beside the dataset folder
+    # nothing was published as a version; the finished shards wait in the dataset's store pool
     assert versions_of(filepath) == []
-    [staging] = staging_dirs(tmp_path)
-    assert staging.parent == tmp_path and staging.name == ".feat.staging-fp-a"
+    [staging] = staging_dirs(filepath / ".stores")
+    assert staging.name == ".fp-a.staging-fp-a"
     assert (staging / "shard-00000").is_dir() and (staging / "shard-00001").is_dir()
 
     dataset = ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False)
@@ -520,7 +525,7 @@ def test_dataset_killed_versioned_save_resumes(tmp_path: Path) -> None:
     assert resumed.calls == [[2, 3]]
     assert len(versions_of(filepath)) == 1
     assert_content(dataset.load(), range(12))
-    assert staging_dirs(tmp_path) == []
+    assert staging_dirs(filepath / ".stores") == []
 
 
 # ------------------------------------------------------------------------------- temporaries and concurrent writers
@@ -558,3 +563,57 @@ def test_a_second_writer_of_the_same_store_fails_clearly_and_leaves_the_first_st
     assert sorted(p.name for p in root.iterdir()) == ["meta.json"] + [f"shard-0000{i}" for i in range(4)]
     assert_content(ShardStore(root), range(12))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+# ---------------------------------------------------------------------------------------------------------- reuse
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_complete_store_of_the_same_fingerprint_is_reused(tmp_path: Path) -> None:
+    """write_store into a folder that holds the stream's fingerprint computes nothing and changes nothing; another
+    fingerprint replaces it."""
+    root = tmp_path / "store"
+    write_store(FakeStream(), root, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    again = FakeStream()
+    write_store(again, root, progress=False)
+    assert again.calls == []
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+    changed = FakeStream(fp="fp-b", offset=0.5)
+    write_store(changed, root, progress=False)
+    assert changed.calls == [[0, 1, 2, 3]]
+    assert_content(ShardStore(root), range(12), offset=0.5)
+
+
+def test_versioned_saves_of_unchanged_data_write_only_a_record(tmp_path: Path) -> None:
+    """A second save of the same fingerprint computes nothing and adds a record of a few kB that reads the same data;
+    a changed stream (new fingerprint) is computed into its own pooled store, and older records still read theirs."""
+    filepath = tmp_path / "feat"
+    first = FakeStream()
+    ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(first)
+    pool_bytes = folder_bytes(filepath)
+    time.sleep(0.01)
+    again = FakeStream()
+    ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(again)
+    assert first.calls == [[0, 1, 2, 3]] and again.calls == []
+    old, new = versions_of(filepath)
+    assert folder_bytes(filepath / new) < 5_000 < pool_bytes
+    for version in (old, new):
+        assert_content(ShardStoreDataset(filepath=str(filepath), version=Version(version, None)).load(), range(12))
+    time.sleep(0.01)
+    changed = FakeStream(fp="fp-b", offset=0.5)
+    ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(changed)
+    assert changed.calls == [[0, 1, 2, 3]]
+    assert sorted(p.name for p in (filepath / ".stores").iterdir()) == ["fp-a", "fp-b"]
+    assert_content(ShardStoreDataset(filepath=str(filepath), version=Version(None, None)).load(), range(12), 0.5)
+    assert_content(ShardStoreDataset(filepath=str(filepath), version=Version(old, None)).load(), range(12))
+
+
+def test_a_record_whose_data_is_gone_fails_clearly(tmp_path: Path) -> None:
+    filepath = tmp_path / "feat"
+    ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(FakeStream())
+    [version] = versions_of(filepath)
+    shutil.rmtree(filepath / ".stores" / "fp-a")
+    with pytest.raises(StoreError, match=r"meta.json records data in .*fp-a, which is missing or holds other data"):
+        ShardStore(filepath / version / "feat")

@@ -21,6 +21,13 @@ copies it from the stores a derived stream reads (its `ShardStore` attributes). 
 `check_same_ingestion` tells a consumer that its inputs belong together (e.g. train images of one data set and val
 images of another, left as the latest versions by a run that failed between its two saves).
 
+Reuse. A write whose target already holds a complete store of the same fingerprint does nothing (the stream is never
+consumed, so nothing is computed). Versioned datasets keep their data content-addressed (`write_pooled`): the complete
+store lives in `<dataset>/.stores/<fingerprint>/`, and each saved version is a record (a `meta.json` naming that
+folder in its "data" entry), so a run whose inputs and settings are unchanged writes a few kB and still records which
+stored data it used. A stream's fingerprint must therefore change whenever its output would, code changes included:
+a stream whose computation changes bumps a version constant it hashes (e.g. `DECODING` of the prepared images).
+
 Temporary files: a shard is written into a per-process work folder beside the staging folder (never inside it) and
 renamed into the staging folder; anything else in the staging folder is removed before it becomes the store. Work
 folders of dead processes, and staging folders of other fingerprints (abandoned writes that a complete write of the
@@ -211,7 +218,8 @@ def _lineage_attrs(stream: ArrayStream, root: Path) -> dict[str, Any]:
 
 
 def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = None, progress: bool = True) -> None:
-    """Writes `stream` into `root`, resuming finished shards of an earlier write with the same fingerprint.
+    """Writes `stream` into `root`, resuming finished shards of an earlier write with the same fingerprint; a complete
+    store of that fingerprint at `root` is kept as it is.
 
     Args:
         stream: the producer; see `ArrayStream`.
@@ -228,6 +236,9 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
     from tqdm.auto import tqdm
 
     root = Path(root)
+    if stored_fingerprint(root) == stream.fingerprint:
+        logger.info("%s holds this data already (fingerprint %s): reused", root, stream.fingerprint)
+        return
     parent = Path(staging_parent or root.parent)
     attrs = _lineage_attrs(stream, root)
     staging = parent / f".{root.name}.staging-{stream.fingerprint}"
@@ -292,11 +303,42 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
     _remove_other_stagings(parent, root.name, staging)
 
 
+def stored_fingerprint(root: Path) -> str | None:
+    """The fingerprint of the complete store (or store record) at `root`, None where there is none."""
+    try:
+        return str(json.loads((Path(root) / META_FILE).read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_pooled(stream: ArrayStream, record: Path, pool: Path, progress: bool = True) -> Path:
+    """Writes `stream` content-addressed into `pool/<fingerprint>` (reused when complete) and a record of it at
+    `record`: a folder with the store's `meta.json`, whose "data" entry is the store's path relative to the record.
+
+    Returns:
+        the folder that holds the data.
+    """
+    data = Path(pool) / stream.fingerprint
+    write_store(stream, data, staging_parent=pool, progress=progress)
+    meta = json.loads((data / META_FILE).read_text())
+    meta["data"] = os.path.relpath(data, record)
+    record = Path(record)
+    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
+    if record.exists():
+        shutil.rmtree(record)
+    os.replace(tmp, record)
+    return data
+
+
 @dataclass
 class ShardStore:
     """Read access to a store written by `write_store`. Nothing is loaded until asked for."""
 
     root: Path
+    data_root: Path = field(init=False)  # where the shards are: root, or the pooled store a record names
     fields: dict[str, FieldSpec] = field(init=False)
     ids: list[str] = field(init=False)
     shard_counts: list[int] = field(init=False)
@@ -321,6 +363,10 @@ class ShardStore:
         self.skipped = list(meta["skipped"])
         self.attrs = dict(meta["attrs"])
         self.fingerprint = str(meta["fingerprint"])
+        self.data_root = self.root / meta["data"] if meta.get("data") else self.root
+        if self.data_root != self.root and stored_fingerprint(self.data_root) != self.fingerprint:
+            raise StoreError(f"{meta_path} records data in {os.path.normpath(self.data_root)}, which is missing or "
+                             f"holds other data (removed by pruning?); run the pipeline that makes it again")
         self._starts = np.concatenate([[0], np.cumsum(self.shard_counts)]).astype(np.int64)
         self._position = {image_id: i for i, image_id in enumerate(self.ids)}
 
@@ -338,7 +384,7 @@ class ShardStore:
         """Field -> memory-mapped array (n, *shape) of shard `index`."""
         if not 0 <= index < self.num_shards:
             raise IndexError(f"{self.root}: shard {index} out of range [0, {self.num_shards})")
-        folder = _shard_dir(self.root, index)
+        folder = _shard_dir(self.data_root, index)
         return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in (names or self.fields)}
 
     def shard_ids(self, index: int) -> list[str]:

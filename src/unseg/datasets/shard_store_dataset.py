@@ -8,7 +8,9 @@ from typing import Any
 
 from kedro.io import AbstractVersionedDataset, Version
 
-from unseg.core.store import ArrayStream, ShardStore, write_store
+from unseg.core.store import ArrayStream, ShardStore, write_pooled, write_store
+
+POOL = ".stores"  # content-addressed stores inside a versioned dataset's folder: .stores/<fingerprint>/
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +19,10 @@ class ShardStoreDataset(AbstractVersionedDataset[ArrayStream, ShardStore]):
     """A folder of fp16/uint8 shards with an index (see `unseg.core.store`), optionally versioned.
 
     Saving consumes the stream one shard at a time (memory stays at one shard); a killed save resumes at the next
-    run from the finished shards of the same fingerprint, kept beside the dataset folder until the save completes.
+    run from the finished shards of the same fingerprint. Versioned, the data is content-addressed: it lives in
+    `<filepath>/.stores/<fingerprint>/` and each version is a small record naming it, so a save whose stream has the
+    fingerprint of a stored one computes and writes nothing but the record (`unseg.core.store.write_pooled`).
+    Unversioned, a store of the same fingerprint at `filepath` is kept as it is.
     Loading returns a `ShardStore` that reads items, shards or pixel samples through memory maps; with
     `missing_ok: true` a store that was never saved loads as None (the evaluation reads the predictions of methods
     whose pipelines may not have run that way).
@@ -45,7 +50,10 @@ class ShardStoreDataset(AbstractVersionedDataset[ArrayStream, ShardStore]):
 
     def save(self, data: ArrayStream) -> None:
         unversioned = Path(self._filepath)
-        write_store(data, Path(self._get_save_path()), staging_parent=unversioned.parent, progress=self._progress)
+        if self._version is None:
+            write_store(data, unversioned, staging_parent=unversioned.parent, progress=self._progress)
+        else:
+            write_pooled(data, Path(self._get_save_path()), unversioned / POOL, progress=self._progress)
 
     def _exists(self) -> bool:
         try:
