@@ -164,3 +164,40 @@ def test_features_with_a_local_dino_checkpoint(project_copy: Path) -> None:
         store = ShardStore(next((project_copy / f"data/04_feature/feat_{split}").glob("*/*/meta.json")).parent)
         assert len(store) == count and store.fields["feat"].shape == (384, 8, 8)  # 64 px crop, patch 8
         assert store.attrs["backbone"] == "dino_vits8" and store.attrs["weights"] == weights_id(path, True)
+
+
+def _stores(project: Path, dataset: str) -> list[str]:
+    """The content-addressed stores of a versioned store dataset."""
+    pool = project / "data" / dataset / ".stores"
+    return sorted(p.name for p in pool.iterdir() if not p.name.startswith(".")) if pool.is_dir() else []
+
+
+def _versions(project: Path, dataset: str) -> int:
+    return sum(1 for p in (project / "data" / dataset).iterdir() if not p.name.startswith("."))
+
+
+def test_a_repeated_run_reuses_its_stores_and_a_changed_file_is_recomputed(project_copy: Path) -> None:
+    """Ingestion and features run twice: the second run computes no store (each dataset gains a version record that
+    names the same stored data). Then one train image gets new content under the same path: the train images and
+    train features are made again, the val ones are reused."""
+    datasets = ("03_primary/train_images", "03_primary/val_images", "04_feature/feat_train", "04_feature/feat_val")
+    for _ in range(2):
+        _run(project_copy, "ingestion")
+        _run(project_copy, "features")
+    first = {name: _stores(project_copy, name) for name in datasets}
+    assert all(len(stores) == 1 for stores in first.values()), first
+    assert all(_versions(project_copy, name) == 2 for name in datasets)
+
+    image = sorted((project_copy / "data/01_raw/synthetic_test/images").glob("*train*/*.png"))[0]
+    pixels = np.asarray(Image.open(image))
+    Image.fromarray(255 - pixels).save(image)
+    _run(project_copy, "ingestion")
+    _run(project_copy, "features")
+    for name in datasets:
+        stores = _stores(project_copy, name)
+        assert len(stores) == (2 if "train" in name else 1) and set(first[name]) <= set(stores), (name, stores)
+    latest = ShardStore(max((project_copy / "data/03_primary/train_images").glob("2*/train_images")))
+    position = latest.ids.index(image.stem) if image.stem in latest.ids else 0
+    assert not np.array_equal(latest.item(position)["image"],
+                              ShardStore(project_copy / "data/03_primary/train_images/.stores" / first[
+                                  "03_primary/train_images"][0]).item(position)["image"])

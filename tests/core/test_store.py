@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kedro.io import DatasetError, Version
 
-from unseg.core.store import FieldSpec, Shard, ShardStore, StoreError, write_store
+from unseg.core.store import INGESTION, FieldSpec, Shard, ShardStore, StoreError, write_store
 from unseg.datasets import ShardStoreDataset
 
 C, H, W = 3, 4, 5  # feat field (C, H, W); img field (H, W, 3)
@@ -617,3 +617,23 @@ def test_a_record_whose_data_is_gone_fails_clearly(tmp_path: Path) -> None:
     shutil.rmtree(filepath / ".stores" / "fp-a")
     with pytest.raises(StoreError, match=r"meta.json records data in .*fp-a, which is missing or holds other data"):
         ShardStore(filepath / version / "feat")
+
+
+def test_reused_data_takes_the_lineage_of_the_run_that_reuses_it(tmp_path: Path) -> None:
+    """Unchanged data of a new ingestion (e.g. the val images when a train file changed): the data is reused, and
+    the new record carries the new ingestion fingerprint; the old record keeps its own."""
+    filepath = tmp_path / "images"
+    old_stream, new_stream = FakeStream(), FakeStream()
+    old_stream.attrs = {**old_stream.attrs, INGESTION: "old"}
+    new_stream.attrs = {**new_stream.attrs, INGESTION: "new"}
+    ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(old_stream)
+    time.sleep(0.01)
+    ShardStoreDataset(filepath=str(filepath), version=Version(None, None), progress=False).save(new_stream)
+    assert new_stream.calls == []
+    old, new = versions_of(filepath)
+    assert ShardStore(filepath / old / "images").attrs[INGESTION] == "old"
+    assert ShardStore(filepath / new / "images").attrs[INGESTION] == "new"
+    root = tmp_path / "plain"
+    write_store(old_stream, root, progress=False)
+    write_store(new_stream, root, progress=False)
+    assert ShardStore(root).attrs[INGESTION] == "new" and new_stream.calls == []

@@ -236,11 +236,12 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
     from tqdm.auto import tqdm
 
     root = Path(root)
+    attrs = _lineage_attrs(stream, root)
     if stored_fingerprint(root) == stream.fingerprint:
         logger.info("%s holds this data already (fingerprint %s): reused", root, stream.fingerprint)
+        _set_attrs(root, attrs)
         return
     parent = Path(staging_parent or root.parent)
-    attrs = _lineage_attrs(stream, root)
     staging = parent / f".{root.name}.staging-{stream.fingerprint}"
     _remove_dead_work_folders(parent, root.name)
     staging.mkdir(parents=True, exist_ok=True)
@@ -311,9 +312,19 @@ def stored_fingerprint(root: Path) -> str | None:
         return None
 
 
+def _set_attrs(root: Path, attrs: dict[str, Any]) -> None:
+    """Rewrites a complete store's attrs (its lineage, when data of the same fingerprint is reused by a run whose
+    ingestion differs elsewhere: e.g. the val images, unchanged, of an ingestion where a train file changed)."""
+    meta = json.loads((root / META_FILE).read_text())
+    if meta["attrs"] != attrs:
+        meta["attrs"] = attrs
+        _atomic_write_text(root / META_FILE, json.dumps(meta, indent=1))
+
+
 def write_pooled(stream: ArrayStream, record: Path, pool: Path, progress: bool = True) -> Path:
     """Writes `stream` content-addressed into `pool/<fingerprint>` (reused when complete) and a record of it at
-    `record`: a folder with the store's `meta.json`, whose "data" entry is the store's path relative to the record.
+    `record`: a folder with the store's `meta.json` (its attrs are this write's, with this run's lineage), whose
+    "data" entry is the store's path relative to the record.
 
     Returns:
         the folder that holds the data.
