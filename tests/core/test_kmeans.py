@@ -321,3 +321,53 @@ def test_the_sample_is_distinct_rows_chosen_by_the_seed(faiss_spy: list[dict]) -
         assert call["x"].shape == (150, 2) and len(chosen) == 150 and chosen <= every_row
     np.testing.assert_array_equal(faiss_spy[0]["x"], faiss_spy[1]["x"])
     assert rows[0] != rows[2]
+
+
+def test_float64_and_float16_vectors_reach_faiss_as_float32(faiss_spy: list[dict]) -> None:
+    """faiss trains on float32 only: other float types are converted (Euclidean has no normalisation to do it)."""
+    x, truth = blobs()
+    for dtype in (np.float64, np.float16):
+        centroids = fit_kmeans(x.astype(dtype), KMeansConfig(num_clusters=K, metric="euclidean", num_redo=3))
+        assert faiss_spy[-1]["x"].dtype == np.float32 and centroids.dtype == np.float32
+        assert same_partition(assign(x, centroids, "euclidean"), truth)
+
+
+class FakeGpuKmeans:
+    """faiss.Kmeans as a GPU build would take it: records its arguments, returns the first K vectors."""
+
+    calls: list[dict] = []
+
+    def __init__(self, d: int, k: int, **kwargs) -> None:
+        self.k, self.obj = k, [0.0]
+        FakeGpuKmeans.calls.append(kwargs)
+
+    def train(self, x: np.ndarray) -> None:
+        self.centroids = x[:self.k]
+
+
+@pytest.mark.parametrize(("gpus", "use_gpu", "expected", "warned"), [
+    (1, None, True, False),    # one GPU is enough; None means "when there is one"
+    (2, None, True, False),
+    (1, False, False, False),  # asked not to
+    (0, None, False, False),   # none: the CPU, quietly
+    (0, True, False, True),    # asked for and none: the CPU, with a warning
+])
+def test_gpu_kmeans_whenever_faiss_sees_a_gpu(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                             gpus: int, use_gpu: bool | None, expected: bool, warned: bool) -> None:
+    import unseg.core.kmeans as kmeans_module
+
+    FakeGpuKmeans.calls = []
+    monkeypatch.setattr(kmeans_module.faiss, "Kmeans", FakeGpuKmeans)
+    monkeypatch.setattr(kmeans_module.faiss, "get_num_gpus", lambda: gpus, raising=False)
+    x, _ = blobs()
+    with caplog.at_level("WARNING", logger="unseg.core.kmeans"):
+        fit_kmeans(x, KMeansConfig(num_clusters=K, metric="euclidean"), use_gpu=use_gpu)
+    assert FakeGpuKmeans.calls[0]["gpu"] is expected
+    assert ("runs on the CPU" in caplog.text) is warned
+
+
+def test_a_cpu_build_of_faiss_counts_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import unseg.core.kmeans as kmeans_module
+
+    monkeypatch.delattr(kmeans_module.faiss, "get_num_gpus", raising=False)
+    assert kmeans_module.faiss_gpus() == 0

@@ -12,10 +12,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+try:
+    import faiss
+except ImportError as err:  # pragma: no cover - an install without the cpu or gpu extra
+    raise ImportError("faiss is not installed: install the project with its cpu or gpu extra "
+                      "(`bash scripts/setup.sh`, or `pip install -e .[cpu]` / `.[gpu]`)") from err
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +64,18 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def fit_kmeans(vectors: np.ndarray, config: KMeansConfig, use_gpu: bool = False) -> np.ndarray:
+def faiss_gpus() -> int:
+    """GPUs faiss can use: 0 with the CPU build (it has no get_num_gpus) or without a GPU."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def fit_kmeans(vectors: np.ndarray, config: KMeansConfig, use_gpu: bool | None = None) -> np.ndarray:
     """Fits K centroids to vectors.
 
     Args:
         vectors: float (N, D); normalised here when the metric is cosine.
         config: see KMeansConfig.
-        use_gpu: run faiss on GPU 0 (needs a faiss GPU build).
+        use_gpu: run faiss on the GPUs; None: when faiss has GPU support and sees a GPU; True: warn when not.
 
     Returns:
         float32 centroids (K, D), unit length for the cosine metric.
@@ -84,7 +94,7 @@ def fit_kmeans(vectors: np.ndarray, config: KMeansConfig, use_gpu: bool = False)
     spherical = config.metric == "cosine"
     if spherical:
         x = l2_normalise(x)
-    gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    gpu = use_gpu is not False and faiss_gpus() > 0
     if use_gpu and not gpu:
         logger.warning("faiss GPU build or GPU not found: k-means runs on the CPU")
     kmeans = faiss.Kmeans(x.shape[1], config.num_clusters, niter=config.num_iters, nredo=config.num_redo,
