@@ -1,0 +1,163 @@
+"""Scale: the default chain at growing N, a second identical run, and the projection to COCO-Stuff-27 / Cityscapes-27.
+
+For each N (train images; val = N / 4) a fresh project copy runs every stage of `__default__` as its own
+`kedro run --env test --pipelines <stage>` process (the `test` environment: 64 px crops, 1 PiCIE epoch, 2 EM epochs),
+so that each stage's peak RSS is its own process's (os.wait4). Printed per stage: seconds per image (train + val),
+peak RSS, bytes written per image (growth of the project folder: data, MLflow store and artifacts). Then the whole
+chain runs again, unchanged, at the largest N: its time and the bytes it wrote against the first run's. Last, what a
+run would write and hold at the benchmark environments' settings, from the same stores' field shapes.
+
+Ratios compare the largest N with the smallest, measured in this one process run (the machines are noisy). Targets
+(issue 13): peak RSS within 1.25x and seconds per image within 1.3x per stage; the second run under 5 % of the first
+run's bytes and under half its time; projected bytes per COCO run under 80 GB and projected host RAM under 32 GB.
+
+    .venv/bin/python bench/scale.py [--sizes 32 128 512] [--workdir /tmp/unseg-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("ingestion", "features", "picie", "primaps", "picie_primaps", "evaluation")
+
+
+@dataclass
+class StageRun:
+    seconds: float
+    peak_rss: int  # bytes
+    written: int  # bytes
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def make_project(folder: Path) -> Path:
+    """A project copy: conf/, pyproject.toml, .telemetry, empty data/, MLflow in sqlite inside it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(ROOT / "conf", folder / "conf", ignore=shutil.ignore_patterns("local"))
+    (folder / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(ROOT / name, folder / name)
+    (folder / "src").mkdir()
+    (folder / "data").mkdir()
+    return folder
+
+
+def run_stage(project: Path, stage: str, num_train: int) -> StageRun:
+    params = f"dataset.synthetic.num_train={num_train},dataset.synthetic.num_val={max(num_train // 4, 4)}"
+    command = [sys.executable, "-m", "kedro", "run", "--env", "test", "--pipelines", stage, "--params", params]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "KEDRO_DISABLE_TELEMETRY": "1"}
+    before = folder_bytes(project)
+    start = time.perf_counter()
+    with open(project / f"{stage}.log", "w") as log:
+        process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{stage} failed at N={num_train}; see {project / f'{stage}.log'}")
+    return StageRun(seconds, usage.ru_maxrss * 1024, folder_bytes(project) - before)
+
+
+def run_chain(project: Path, num_train: int) -> dict[str, StageRun]:
+    return {stage: run_stage(project, stage, num_train) for stage in STAGES}
+
+
+# ---------------------------------------------------------------------------------------------------- projection
+def env_params(env: str) -> dict:
+    from kedro.config import OmegaConfigLoader
+
+    from unseg.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
+    return loader["parameters"]
+
+
+def projection(env: str, num_train: int, num_val: int) -> dict[str, float]:
+    """Bytes every store of one run at `env`'s settings takes (each computed once; a second run adds records only),
+    from the fields the streams declare: prepared images + labels, frozen features, PiCIE features, train masks,
+    val predictions of every method."""
+    from unseg.core.backbones.registry import backbone_cfg
+    from unseg.pipelines.evaluation.pipeline import METHODS
+
+    params = env_params(env)
+    crop = params["dataset"]["crop"]
+    label = 1 if params["dataset"]["num_classes"] < 255 else 2
+    backbone = backbone_cfg(params["features"]["backbone"])
+    grid = crop // backbone.stride
+    picie_grid = params["picie"]["views"]["input_size"] // 4
+    picie_dim = {"resnet50": 256}.get(params["picie"]["network"]["arch"], 128)
+    n = num_train + num_val
+    return {
+        "prepared images + labels": n * crop * crop * (3 + label),
+        f"frozen features ({backbone.name}, {backbone.dim} x {grid} x {grid} fp16)": n * backbone.dim * grid**2 * 2,
+        f"PiCIE features ({picie_dim} x {picie_grid} x {picie_grid} fp16)": n * picie_dim * picie_grid**2 * 2,
+        "PriMaPs train masks (uint8 at the crop)": num_train * crop * crop,
+        f"val predictions ({len(METHODS)} methods, uint8)": len(METHODS) * num_val * crop * crop,
+    }
+
+
+def ram_projection(env: str, measured_peak: int) -> dict[str, float]:
+    """Host RAM beyond what the bench measured (flat in N): the buffers whose size follows settings, not N."""
+    from unseg.core.backbones.registry import backbone_cfg
+
+    params = env_params(env)
+    dim = backbone_cfg(params["features"]["backbone"]).dim
+    kmeans = params["evaluation"]["kmeans"]["sample_size"] * dim * 4 * 2       # sample + its normalised copy
+    picie = params["picie"]["clustering"]["sample_size"] * 128 * 4 * 2 + params["picie"]["clustering"]["cache_mb"] * 1e6
+    em = params["primaps"]["em"]["init_sample"] * dim * 4 * 2
+    return {"measured peak (largest N)": measured_peak, "largest settings-sized buffer": max(kmeans, picie, em)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unseg-scale"))
+    args = parser.parse_args()
+    results: dict[int, dict[str, StageRun]] = {}
+    for num_train in args.sizes:
+        project = make_project(args.workdir / f"n{num_train}")
+        results[num_train] = run_chain(project, num_train)
+        images = num_train + max(num_train // 4, 4)
+        print(f"\nN = {num_train} train + {images - num_train} val")
+        print(f"{'stage':15s} {'s/image':>9s} {'peak RSS MB':>12s} {'written kB/image':>17s}")
+        for stage, r in results[num_train].items():
+            print(f"{stage:15s} {r.seconds / images:9.3f} {r.peak_rss / 1e6:12.0f} {r.written / images / 1e3:17.1f}")
+    small, large = min(args.sizes), max(args.sizes)
+    n_small, n_large = small + max(small // 4, 4), large + max(large // 4, 4)
+    print(f"\nlargest N ({large}) against smallest ({small}), per stage (targets: RSS <= 1.25x, s/image <= 1.3x)")
+    for stage in STAGES:
+        a, b = results[small][stage], results[large][stage]
+        print(f"{stage:15s} RSS {b.peak_rss / a.peak_rss:5.2f}x   s/image "
+              f"{(b.seconds / n_large) / (a.seconds / n_small):5.2f}x")
+    project = args.workdir / f"n{large}"
+    again = run_chain(project, large)
+    first_s, first_b = (sum(getattr(r, k) for r in results[large].values()) for k in ("seconds", "written"))
+    again_s, again_b = sum(r.seconds for r in again.values()), sum(r.written for r in again.values())
+    print(f"\nsecond identical run at N = {large}: {again_s:.0f} s against {first_s:.0f} s ({again_s / first_s:.2f}x, "
+          f"target < 0.5); wrote {again_b / 1e6:.2f} MB against {first_b / 1e6:.1f} MB ({100 * again_b / first_b:.1f} %, "
+          "target < 5 %)")
+    for stage, r in again.items():
+        print(f"  {stage:15s} {r.seconds:6.1f} s  {r.written / 1e3:9.1f} kB")
+    peak = max(r.peak_rss for r in results[large].values())
+    for env, train, val in (("cocostuff27", 49_629, 2_175), ("cityscapes27", 2_975, 500)):
+        stores = projection(env, train, val)
+        ram = ram_projection(env, peak)
+        print(f"\n{env} ({train} train, {val} val): bytes written by one run, projected "
+              f"(target for COCO < 80 GB): {sum(stores.values()) / 1e9:.1f} GB")
+        for name, size in stores.items():
+            print(f"  {name:60s} {size / 1e9:7.1f} GB")
+        print(f"  host RAM, projected: {sum(ram.values()) / 1e9:.1f} GB (target < 32 GB): " +
+              ", ".join(f"{k} {v / 1e9:.1f} GB" for k, v in ram.items()))
+
+
+if __name__ == "__main__":
+    main()
