@@ -17,6 +17,7 @@ run's bytes and under half its time; projected bytes per COCO run under 80 GB an
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench.scale").info
 STAGES = ("ingestion", "features", "picie", "primaps", "picie_primaps", "evaluation")
 
 
@@ -122,40 +124,41 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unseg-scale"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     results: dict[int, dict[str, StageRun]] = {}
     for num_train in args.sizes:
         project = make_project(args.workdir / f"n{num_train}")
         results[num_train] = run_chain(project, num_train)
         images = num_train + max(num_train // 4, 4)
-        print(f"\nN = {num_train} train + {images - num_train} val")
-        print(f"{'stage':15s} {'s/image':>9s} {'peak RSS MB':>12s} {'written kB/image':>17s}")
+        log(f"\nN = {num_train} train + {images - num_train} val")
+        log(f"{'stage':15s} {'s/image':>9s} {'peak RSS MB':>12s} {'written kB/image':>17s}")
         for stage, r in results[num_train].items():
-            print(f"{stage:15s} {r.seconds / images:9.3f} {r.peak_rss / 1e6:12.0f} {r.written / images / 1e3:17.1f}")
+            log(f"{stage:15s} {r.seconds / images:9.3f} {r.peak_rss / 1e6:12.0f} {r.written / images / 1e3:17.1f}")
     small, large = min(args.sizes), max(args.sizes)
     n_small, n_large = small + max(small // 4, 4), large + max(large // 4, 4)
-    print(f"\nlargest N ({large}) against smallest ({small}), per stage (targets: RSS <= 1.25x, s/image <= 1.3x)")
+    log(f"\nlargest N ({large}) against smallest ({small}), per stage (targets: RSS <= 1.25x, s/image <= 1.3x)")
     for stage in STAGES:
         a, b = results[small][stage], results[large][stage]
-        print(f"{stage:15s} RSS {b.peak_rss / a.peak_rss:5.2f}x   s/image "
+        log(f"{stage:15s} RSS {b.peak_rss / a.peak_rss:5.2f}x   s/image "
               f"{(b.seconds / n_large) / (a.seconds / n_small):5.2f}x")
     project = args.workdir / f"n{large}"
     again = run_chain(project, large)
     first_s, first_b = (sum(getattr(r, k) for r in results[large].values()) for k in ("seconds", "written"))
     again_s, again_b = sum(r.seconds for r in again.values()), sum(r.written for r in again.values())
-    print(f"\nsecond identical run at N = {large}: {again_s:.0f} s against {first_s:.0f} s ({again_s / first_s:.2f}x, "
-          f"target < 0.5); wrote {again_b / 1e6:.2f} MB against {first_b / 1e6:.1f} MB ({100 * again_b / first_b:.1f} %, "
-          "target < 5 %)")
+    log(f"\nsecond identical run at N = {large}: {again_s:.0f} s against {first_s:.0f} s "
+        f"({again_s / first_s:.2f}x, target < 0.5); wrote {again_b / 1e6:.2f} MB against {first_b / 1e6:.1f} MB "
+        f"({100 * again_b / first_b:.1f} %, target < 5 %)")
     for stage, r in again.items():
-        print(f"  {stage:15s} {r.seconds:6.1f} s  {r.written / 1e3:9.1f} kB")
+        log(f"  {stage:15s} {r.seconds:6.1f} s  {r.written / 1e3:9.1f} kB")
     peak = max(r.peak_rss for r in results[large].values())
     for env, train, val in (("cocostuff27", 49_629, 2_175), ("cityscapes27", 2_975, 500)):
         stores = projection(env, train, val)
         ram = ram_projection(env, peak)
-        print(f"\n{env} ({train} train, {val} val): bytes written by one run, projected "
+        log(f"\n{env} ({train} train, {val} val): bytes written by one run, projected "
               f"(target for COCO < 80 GB): {sum(stores.values()) / 1e9:.1f} GB")
         for name, size in stores.items():
-            print(f"  {name:60s} {size / 1e9:7.1f} GB")
-        print(f"  host RAM, projected: {sum(ram.values()) / 1e9:.1f} GB (target < 32 GB): " +
+            log(f"  {name:60s} {size / 1e9:7.1f} GB")
+        log(f"  host RAM, projected: {sum(ram.values()) / 1e9:.1f} GB (target < 32 GB): " +
               ", ".join(f"{k} {v / 1e9:.1f} GB" for k, v in ram.items()))
 
 

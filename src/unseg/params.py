@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from unseg.core.backbones import list_backbones
+from unseg.core.data.prepare import decode_workers
 from unseg.core.data.sources import DatasetConfig
 from unseg.core.data.synthetic import SyntheticConfig
 from unseg.core.devices import resolve_device
 from unseg.core.kmeans import KMeansConfig
 from unseg.core.linear_probe import LinearProbeConfig
+from unseg.core.loader import resolve_num_workers
 from unseg.core.picie import ClusterConfig, EvalConfig, LossConfig, NetworkConfig, TrainConfig, ViewConfig
 from unseg.core.predict import PredictConfig
 from unseg.core.primaps.crf import CRFConfig
@@ -82,10 +86,18 @@ def text_or_null(value: Any, ctx: Context) -> None:
         raise ValueError(f"must be a string or null, got {value!r}")
 
 
+def workers(value: Any, ctx: Context) -> None:
+    decode_workers(value)  # an integer >= 0 or "auto"
+
+
 def device(value: Any, ctx: Context) -> None:
     if not isinstance(value, str):
         raise ValueError(f"must be a string (auto, cpu, cuda or cuda:<index>), got {value!r}")
     resolve_device(value)  # an unknown name, or CUDA asked for where there is none
+
+
+def num_workers(value: Any, ctx: Context) -> None:
+    resolve_num_workers(value, torch.device("cpu"))  # "auto" or an integer >= 0
 
 
 def backbone(value: Any, ctx: Context) -> None:
@@ -183,7 +195,7 @@ SCHEMA: dict[str, Any] = {
     "device": device,
     "dataset": Block(DatasetConfig, derived=("seed",), build=_dataset,
                      nested={"synthetic": Block(SyntheticConfig, build=_synthetic)}),
-    "ingestion": {"shard_size": integer(1)},
+    "ingestion": {"shard_size": integer(1), "num_workers": workers},
     "features": {"backbone": backbone, "weights": weights_file, "pretrained": boolean, "batch_size": integer(1)},
     "evaluation": {"rgb_kmeans": _kmeans(), "kmeans": _kmeans(),
                    "linear_probe": Block(LinearProbeConfig, derived=("seed",)), "overlay_images": integer(0)},
@@ -196,6 +208,7 @@ SCHEMA: dict[str, Any] = {
                 "base": {method: primaps_base for method in PRIMAPS_BASES},
                 "preview_images": integer(0)},
     "predict": Block(PredictConfig),
+    "loader": {"num_workers": num_workers},
 }
 
 

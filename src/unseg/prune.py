@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data}: no such folder (run from the project root or pass --data)")
     removals = prune(args.data, args.keep, args.dry_run)
     total = sum(r.size for r in removals) / 1e9
-    print(f"{'would free' if args.dry_run else 'freed'} {total:.2f} GB in {len(removals)} folders")
+    logger.info("%s %.2f GB in %d folders", "would free" if args.dry_run else "freed", total, len(removals))
     return 0
 
 

@@ -3,6 +3,8 @@ ramp must land (independent expectations for the geometry of the views)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -50,7 +52,7 @@ INNER_FLIPS = [False, True, True]
 
 
 class ArraySource:
-    """In-memory stand-in for ImageSource: `batch(rows)` is images[rows]."""
+    """In-memory stand-in for ImageSource: `batch(rows)` is images[rows]; `batches` yields `batch` of each."""
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images
@@ -60,6 +62,9 @@ class ArraySource:
 
     def batch(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
         return self.images[torch.as_tensor(np.asarray(indices, dtype=np.int64))].to(device)
+
+    def batches(self, batches: list[np.ndarray], device: torch.device) -> Iterator[torch.Tensor]:
+        return (self.batch(rows, device) for rows in batches)
 
 
 class StubNet(torch.nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +12,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from unseg.core.data.prepare import PreparedImageStream, resize_crop
+from unseg.core.data.prepare import PreparedImageStream, decode_workers, resize_crop
 from unseg.core.data.sources import BadFileError, DatasetConfig, build_index, load_image, load_label
 from unseg.core.store import FieldSpec, ShardStore, write_store
 
 K = 4
+
+
+@pytest.fixture
+def new_children():
+    """The child processes started since the test began (pools of earlier tests, e.g. the CRF's, may live on)."""
+    before = {child.pid for child in multiprocessing.active_children()}
+    return lambda: [child for child in multiprocessing.active_children() if child.pid not in before]
 
 
 def coords(height: int, width: int, dtype=np.int64) -> np.ndarray:
@@ -242,3 +252,130 @@ def test_whole_shard_skipped(tmp_path: Path) -> None:
     assert store.ids == ["t0", "t1", "t4"] and store.shard_counts == [2, 0, 1]
     assert [e["id"] for e in store.skipped] == ["t2", "t3"]
     assert store.shard(1)["image"].shape == (0, 16, 16, 3)
+
+
+
+# ------------------------------------------------------------------------------------------------- decode workers
+def shards(stream: PreparedImageStream, todo: list[int] | None = None) -> list[tuple]:
+    """Every shard as (index, ids, {field: (dtype, shape, bytes)}, skipped): equal means byte for byte."""
+    todo = list(range(stream.num_shards)) if todo is None else todo
+    return [(s.index, s.ids, {k: (str(a.dtype), a.shape, a.tobytes()) for k, a in s.arrays.items()}, s.skipped)
+            for s in stream.iter_shards(todo)]
+
+
+def break_images(root: Path, stems: tuple[str, ...]) -> list[str]:
+    """Truncates these train images (headers still read); their paths."""
+    paths = [root / "images" / "train" / f"{stem}.png" for stem in stems]
+    for path in paths:
+        truncate(path)
+    return [str(path) for path in paths]
+
+
+@pytest.mark.parametrize(("broken", "todo", "order"), [
+    ((), None, [0, 1, 2]),                  # clean
+    (("t2",), None, [0, 1, 2]),             # a bad file skipped: shard 1 one short
+    (("t0", "t1"), None, [0, 1, 2]),        # shard 0 empty: held back until shard 1 holds an image
+    (("t2", "t3"), [2, 1, 0], [2, 1, 0]),   # shard 1 empty, todo out of order (shard 2 holds an image first)
+    (("t0", "t1"), [0, 2], [0, 2]),         # a resumed write: shard 0 held until shard 2
+])
+def test_workers_make_the_same_shards(new_children, tmp_path: Path, broken: tuple[str, ...], todo: list[int] | None,
+                                      order: list[int], caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "data"
+    write_tree(root, TRAIN)
+    paths = break_images(root, broken)
+    cfg = make_config(root, on_bad_file="skip")
+    table = split_table(cfg)
+    expected = shards(PreparedImageStream(table, cfg, shard_size=2), todo)
+    assert [shard[0] for shard in expected] == order
+    assert sorted(entry["path"] for shard in expected for entry in shard[3]) == sorted(
+        p for p, stem in zip(paths, broken, strict=True) if todo is None or int(stem[1]) // 2 in todo)
+    caplog.clear()
+    assert shards(PreparedImageStream(table, cfg, shard_size=2, num_workers=2), todo) == expected
+    # the workers' warnings reach this process's loggers, under their own names
+    skipping = [r.getMessage() for r in caplog.records if r.name == "unseg.core.data.sources"]
+    assert sorted(m.split(": ")[0] for m in skipping) == sorted(f"skipping {entry['path']}" for shard in expected
+                                                                for entry in shard[3])
+    assert new_children() == []
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_workers_raise_the_bad_file(new_children, tmp_path: Path, num_workers: int) -> None:
+    """on_bad_file=raise: the shards before the bad one come out, then the same error naming the file."""
+    root = tmp_path / "data"
+    write_tree(root, TRAIN)
+    [path] = break_images(root, ("t2",))
+    cfg = make_config(root, on_bad_file="raise")
+    stream = PreparedImageStream(split_table(cfg), cfg, shard_size=1, num_workers=num_workers)
+    done = []
+    with pytest.raises(BadFileError) as info:
+        done.extend(shard.ids for shard in stream.iter_shards(range(5)))
+    assert done == [["t0"], ["t1"]]
+    assert info.value.path == path and "corrupt or unreadable image" in info.value.problem
+    assert str(info.value).startswith(f"{path}: ")
+    assert new_children() == []
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_workers_every_image_bad_is_the_same_error(new_children, tmp_path: Path, num_workers: int) -> None:
+    root = tmp_path / "data"
+    write_tree(root, TRAIN)
+    break_images(root, tuple(TRAIN))
+    cfg = make_config(root, on_bad_file="skip")
+    stream = PreparedImageStream(split_table(cfg), cfg, shard_size=2, num_workers=num_workers)
+    with pytest.raises(BadFileError, match="empty train split: all 5 images were skipped as bad") as info:
+        list(stream.iter_shards(range(3)))
+    assert info.value.path == str(root / "images" / "train")
+    assert new_children() == []
+
+
+def test_workers_are_not_part_of_the_identity(tmp_path: Path) -> None:
+    write_tree(tmp_path / "data", TRAIN)
+    cfg = make_config(tmp_path / "data")
+    table = split_table(cfg)
+    alone, pooled = (PreparedImageStream(table, cfg, shard_size=2, num_workers=n) for n in (0, 3))
+    assert alone.fingerprint == pooled.fingerprint
+    assert alone.attrs == pooled.attrs and alone.fields == pooled.fields
+
+
+def test_closing_the_stream_early_stops_the_workers(new_children, tmp_path: Path) -> None:
+    """A consumer that stops (write_store killed, an error downstream): closing the generator shuts the pool down."""
+    write_tree(tmp_path / "data", TRAIN)
+    cfg = make_config(tmp_path / "data")
+    stream = PreparedImageStream(split_table(cfg), cfg, shard_size=1, num_workers=2)
+    produced = stream.iter_shards(range(5))
+    assert next(produced).ids == ["t0"]
+    assert len(new_children()) == 2
+    produced.close()
+    assert new_children() == []
+    # a consumer that raises: the loop's generator is closed with it
+    with pytest.raises(RuntimeError, match="downstream"), contextlib.closing(stream.iter_shards(range(5))) as again:
+        for _ in again:
+            raise RuntimeError("downstream")
+    assert new_children() == []
+
+
+def test_a_daemonic_process_decodes_itself(new_children, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A daemonic process may not have children: the stream says so and decodes in this process."""
+    write_tree(tmp_path / "data", TRAIN)
+    cfg = make_config(tmp_path / "data")
+    table = split_table(cfg)
+    expected = shards(PreparedImageStream(table, cfg, shard_size=2))
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    produced = PreparedImageStream(table, cfg, shard_size=2, num_workers=2).iter_shards(range(3))
+    first = next(produced)
+    assert new_children() == []
+    assert shards(PreparedImageStream(table, cfg, shard_size=2, num_workers=2)) == expected
+    assert first.ids == expected[0][1]
+    assert "decoding in this process: a daemonic process" in caplog.text
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "all", None])
+def test_decode_workers_rejects(value: object) -> None:
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0 .* or 'auto'"):
+        decode_workers(value)  # type: ignore[arg-type]
+
+
+def test_decode_workers_auto_and_counts() -> None:
+    assert decode_workers(0) == 0 and decode_workers(3) == 3
+    assert 1 <= decode_workers("auto") <= min(8, os.cpu_count() or 1)

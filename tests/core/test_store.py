@@ -225,9 +225,9 @@ def test_sample_vectors_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def test_sample_vectors_reads_only_the_items_it_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The items read grow with the sample, not with the store: a sample of half an item's pixels reads
-    ceil(4 * count / per_item) = 2 items (at most a quarter of each item's pixels is taken), wherever they are;
-    over seeds every item can be chosen."""
+    """Above the read budget, the items read grow with the sample, not with the store: a sample of half an item's
+    pixels reads ceil(4 * count / per_item) = 2 items (at most a quarter of each item's pixels is taken), wherever
+    they are; over seeds every item can be chosen. Within the budget every item is read (a uniform draw)."""
     write_store(FakeStream(num_items=60, shard_size=7), tmp_path / "store", progress=False)
     store = ShardStore(tmp_path / "store")
     read: list[int] = []
@@ -236,7 +236,7 @@ def test_sample_vectors_reads_only_the_items_it_samples(tmp_path: Path, monkeypa
     per_item, chosen = H * W, set()
     for seed in range(80):
         read.clear()
-        sample = store.sample_vectors("feat", per_item // 2, seed=seed)
+        sample = store.sample_vectors("feat", per_item // 2, seed=seed, read_budget=0)
         items = set((sample[:, 0] // 1000).astype(int).tolist())
         assert len(read) <= 2 and items == set(read)
         for row in range(0, len(sample), 5):
@@ -245,6 +245,9 @@ def test_sample_vectors_reads_only_the_items_it_samples(tmp_path: Path, monkeypa
             np.testing.assert_array_equal(sample[row], feat_of(i)[:, y, x])
         chosen |= items
     assert len(chosen) > 50
+    read.clear()
+    store.sample_vectors("feat", per_item // 2, seed=0)
+    assert read == sorted(set(read)) and 1 < len(read) <= per_item // 2  # in store order, any item
 
 
 def test_sample_vectors_needs_a_dense_field(tmp_path: Path) -> None:

@@ -101,12 +101,12 @@ def test_fingerprint_follows_size_and_mtime_not_only_paths(tmp_path: Path) -> No
     # finished shards stay reusable)
     params = dataset_params(raw)
     index, _ = build_image_index(params, 0)
-    train, val = prepare_images(index, params, 0, 2)
+    train, val = prepare_images(index, params, 0, 2, 0)
     assert train.attrs[INGESTION] == val.attrs[INGESTION]
     write_image(raw / "images" / "val" / "v0.png", 7, size=(24, 16))
     write_label(raw / "labels" / "val" / "v0.png", 7, size=(24, 16))
     index, _ = build_image_index(params, 0)
-    train_again, _ = prepare_images(index, params, 0, 2)
+    train_again, _ = prepare_images(index, params, 0, 2, 0)
     assert train_again.fingerprint == train.fingerprint
     assert train_again.attrs[INGESTION] != train.attrs[INGESTION]
 
@@ -116,7 +116,7 @@ def ingest(raw: Path, data: Path) -> tuple[Path, Path]:
     """The ingestion nodes, saved as Kedro would: the index, then the train store, then the val store."""
     params = dataset_params(raw)
     index, _ = build_image_index(params, 0)
-    train, val = prepare_images(index, params, 0, 2)
+    train, val = prepare_images(index, params, 0, 2, 0)
     write_store(train, data / "prm_train_images", progress=False)
     write_store(val, data / "prm_val_images", progress=False)
     return data / "prm_train_images", data / "prm_val_images"
@@ -141,7 +141,7 @@ def test_features_refuse_train_and_val_of_two_data_sets(tmp_path: Path) -> None:
 
     features = {"backbone": "efficientnet_lite0", "weights": None, "pretrained": False, "batch_size": 2}
     with pytest.raises(StoreError) as info:
-        extract_features(train, val, features, "cpu")
+        extract_features(train, val, features, "cpu", 0)
     message = str(info.value)
     for part in ("prm_train_images", "prm_val_images", str(train.root), str(val.root), "6 items", "2 items",
                  train.attrs[INGESTION], val.attrs[INGESTION], "one ingestion"):
@@ -203,8 +203,8 @@ def test_evaluation_refuses_a_model_and_leaves_out_predictions_of_another_ingest
     dataset = {"crop": SIDE, "num_classes": K}
     model = {"input": "image", "metric": "euclidean", "centroids": np.eye(K, 3).tolist(), INGESTION: "ing-a"}
     with pytest.raises(StoreError, match=rf"fitted on the train split of ingestion ing-a, but {tmp_path / 'b'}"):
-        predict_with_centroids(model, images_b, dataset, "cpu")
-    predictions = predict_with_centroids(model, images_a, dataset, "cpu")  # the same ingestion: fine
+        predict_with_centroids(model, images_b, dataset, "cpu", 0)
+    predictions = predict_with_centroids(model, images_a, dataset, "cpu", 0)  # the same ingestion: fine
     stored = store_of(tmp_path / "pred", predictions)
     assert stored.attrs[INGESTION] == "ing-a"
     # same ids and crop, other ingestion: left out of the table (with why), not scored against the wrong labels
@@ -218,4 +218,4 @@ def test_primaps_predictions_refuse_features_of_other_images(tmp_path: Path) -> 
     feats = val_features(tmp_path / "feat", images_a)
     with pytest.raises(StoreError, match="do not come from one ingestion"):
         predict_val({"method": "primaps_em"}, feats, images_b, False, {}, {"features": "frozen", "init": "pca"},
-                    {}, "cpu")
+                    {}, "cpu", 0)

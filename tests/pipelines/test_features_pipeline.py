@@ -35,7 +35,8 @@ def featurised(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def test_pipeline_inputs_and_outputs() -> None:
     pipe = features.create_pipeline()
-    assert pipe.inputs() == {"prm_train_images", "prm_val_images", "params:features", "params:device"}
+    assert pipe.inputs() == {"prm_train_images", "prm_val_images", "params:features", "params:device",
+                             "params:loader.num_workers"}
     assert pipe.outputs() == {"feat_train", "feat_val"}
     # chained after ingestion, only the prepared stores connect them
     chained = ingestion.create_pipeline() + pipe

@@ -15,11 +15,12 @@ from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
 from unseg.core.data import synthetic
+from unseg.core.data.prepare import decode_workers
 from unseg.core.data.sources import INDEX_COLUMNS, DatasetConfig, materialise_synthetic
-from unseg.core.store import FieldSpec, Shard, ShardStore, write_store
+from unseg.core.store import INGESTION, FieldSpec, Shard, ShardStore, write_store
 from unseg.pipelines import evaluation, features
 from unseg.pipelines.ingestion import create_pipeline
-from unseg.pipelines.ingestion.nodes import report_ingestion
+from unseg.pipelines.ingestion.nodes import prepare_images, report_ingestion
 
 STORES = ("prm_train_images", "prm_val_images")
 MEMORY = ("int_image_index", "int_index_skipped", "ingestion_metrics")
@@ -60,8 +61,31 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory, make_catalog: Callab
 def test_pipeline_nodes_and_free_inputs() -> None:
     pipe = create_pipeline()
     assert [n.name for n in pipe.nodes] == ["build_image_index", "prepare_images", "report_ingestion"]
-    assert pipe.inputs() == {"params:dataset", "params:seed", "params:ingestion.shard_size"}
+    assert pipe.inputs() == {"params:dataset", "params:seed", "params:ingestion.shard_size",
+                             "params:ingestion.num_workers"}
     assert pipe.outputs() == {"ingestion_metrics"}
+
+
+def test_decode_workers_default_and_resolution(pipeline_params: Callable[..., dict[str, Any]],
+                                               synthetic_run: dict[str, Any]) -> None:
+    """conf/base asks for `auto` workers; the node turns it into a count, and the count changes no store."""
+    assert pipeline_params(synthetic_run["tmp"] / "raw")["ingestion"]["num_workers"] == "auto"
+    params = synthetic_run["catalog"].load("params:dataset")
+    index = synthetic_run["indexed"]["int_image_index"]
+    streams = {n: prepare_images(index, params, 0, SHARD, n) for n in ("auto", 0, 2)}
+    assert [s.num_workers for s in streams["auto"]] == [decode_workers("auto")] * 2
+    assert [s.num_workers for s in streams[2]] == [2, 2]
+    for role, made in zip(("train", "val"), zip(*streams.values(), strict=True), strict=True):
+        assert len({s.fingerprint for s in made}) == 1 and len({s.attrs[INGESTION] for s in made}) == 1
+        stored = synthetic_run["catalog"].load(f"prm_{role}_images")  # written with `auto` workers
+        assert made[0].fingerprint == stored.fingerprint
+        for n, stream in zip((0, 2), made[1:], strict=True):
+            write_store(stream, synthetic_run["tmp"] / f"{role}_{n}", progress=False)
+            again = ShardStore(synthetic_run["tmp"] / f"{role}_{n}")
+            assert again.ids == stored.ids and again.shard_counts == stored.shard_counts
+            for k in range(stored.num_shards):
+                for name, array in stored.shard(k).items():
+                    assert again.shard(k)[name].tobytes() == array.tobytes()
 
 
 def test_index_table_has_one_row_per_image_per_split(synthetic_run: dict[str, Any]) -> None:

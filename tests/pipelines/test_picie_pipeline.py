@@ -88,6 +88,7 @@ def test_pipeline_shape() -> None:
     assert {n.name for n in pipe.nodes} == {"picie.train", "picie.extract_features", "picie.plot_training_curves",
                                             "picie.fit_kmeans", "picie.predict"}
     assert pipe.inputs() == {"prm_train_images", "prm_val_images", "params:dataset", "params:seed", "params:device",
+                             "params:loader.num_workers",
                              *(f"params:picie.{block}" for block in
                                ("network", "views", "clustering", "loss", "train", "eval"))}
     assert {"picie.val_predictions", "picie.training_curves", "picie.mlflow_model",

@@ -17,6 +17,7 @@ import torch
 
 from unseg.core.features import images_to_tensor
 from unseg.core.kmeans import predict_labels
+from unseg.core.loader import iter_reads, shard_batches, to_device
 from unseg.core.metrics import ConfusionAccumulator, remap_confusion, scores_from_confusion, subset_miou
 from unseg.core.store import FieldSpec, Shard, ShardStore, fingerprint
 
@@ -34,6 +35,7 @@ class CentroidPredictionStream:
         metric: "cosine", "euclidean" or "linear" (see unseg.core.kmeans.centroid_scores).
         size: output (H, W), the evaluation crop.
         bias: float32 (K,) for the "linear" metric (the supervised probe).
+        num_workers: processes reading the next batches ahead (unseg.core.loader; the predictions do not depend on it).
     """
 
     source: ShardStore
@@ -45,6 +47,7 @@ class CentroidPredictionStream:
     device: torch.device
     batch_size: int = 32
     bias: np.ndarray | None = None
+    num_workers: int = 0
     fields: dict[str, FieldSpec] = field(init=False)
     attrs: dict[str, Any] = field(init=False)
     fingerprint: str = field(init=False)
@@ -64,13 +67,14 @@ class CentroidPredictionStream:
     def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
         centroids = torch.from_numpy(self.centroids).to(self.device)
         bias = None if self.bias is None else torch.from_numpy(self.bias).to(self.device)
+        batches = shard_batches(self.source, todo, self.batch_size)
+        reads = iter_reads(self.source, [self.source_field], batches, self.num_workers,
+                           pin_memory=self.device.type == "cuda")
         for index in todo:
-            data = self.source.shard(index, [self.source_field])[self.source_field]
             preds = []
-            for start in range(0, len(data), self.batch_size):
-                batch = np.asarray(data[start:start + self.batch_size])
-                x = (images_to_tensor(batch, self.device) if self.images
-                     else torch.from_numpy(batch).to(self.device).float())
+            for _ in range(-(-self.source.shard_counts[index] // self.batch_size)):
+                batch = next(reads)[self.source_field]
+                x = images_to_tensor(batch, self.device) if self.images else to_device(batch, self.device).float()
                 preds.append(predict_labels(x, centroids, self.metric, self.size, bias).cpu().numpy())
             pred = np.concatenate(preds) if preds else np.zeros((0, *self.size))
             yield Shard(index, self.source.shard_ids(index), {"pred": pred.astype(self.fields["pred"].dtype)})

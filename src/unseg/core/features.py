@@ -1,7 +1,8 @@
 """Dense feature extraction with a frozen backbone, streamed shard by shard into a feature store.
 
 Each shard of a prepared-image store becomes a shard of features (C, h, w) in float16. Batches run under
-`torch.inference_mode`, with autocast (bf16) and channels-last on CUDA.
+`torch.inference_mode`, with autocast (bf16) and channels-last on CUDA. The shards are read ahead by
+`unseg.core.loader` worker processes (`num_workers`; 0: read in this process).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from unseg.core.backbones import Backbone
+from unseg.core.loader import iter_reads, shard_batches, to_device
 from unseg.core.store import FieldSpec, Shard, ShardStore, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -31,19 +33,24 @@ def weights_id(weights: str | Path | None, pretrained: bool) -> str:
     return "default" if pretrained else "random"
 
 
-def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] on `device`."""
-    tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device, non_blocking=True)  # a writable copy
+def images_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] on `device` (a tensor from `unseg.core.loader`, pinned on
+    CUDA, is copied without blocking)."""
+    if isinstance(images, torch.Tensor):
+        tensor = to_device(images, device)
+    else:
+        tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device, non_blocking=True)  # a writable copy
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @torch.inference_mode()
-def extract(backbone: Backbone, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+def extract(backbone: Backbone, images: np.ndarray | torch.Tensor, device: torch.device,
+            batch_size: int) -> np.ndarray:
     """Dense features of a stack of images.
 
     Args:
         backbone: a frozen Backbone already on `device`.
-        images: uint8 (N, H, W, 3).
+        images: uint8 (N, H, W, 3), an array or a CPU tensor.
         device: where the backbone runs.
         batch_size: images per forward pass.
 
@@ -69,7 +76,8 @@ def extract(backbone: Backbone, images: np.ndarray, device: torch.device, batch_
 class FeatureStream:
     """Features of every image of a prepared store, one output shard per input shard.
 
-    Field: feat float16 (C, crop / stride, crop / stride).
+    Field: feat float16 (C, crop / stride, crop / stride). `num_workers` processes read the next shards ahead (the
+    features do not depend on it).
     """
 
     images: ShardStore
@@ -77,6 +85,7 @@ class FeatureStream:
     device: torch.device
     batch_size: int
     weights_id: str
+    num_workers: int = 0
     fields: dict[str, FieldSpec] = field(init=False)
     attrs: dict[str, Any] = field(init=False)
     fingerprint: str = field(init=False)
@@ -100,8 +109,10 @@ class FeatureStream:
         return self.images.num_shards
 
     def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
-        for index in todo:
-            images = np.asarray(self.images.shard(index, ["image"])["image"])
+        reads = iter_reads(self.images, ["image"], shard_batches(self.images, todo), self.num_workers,
+                           pin_memory=self.device.type == "cuda")
+        for index, read in zip(todo, reads, strict=True):
+            images = read["image"]
             start = time.perf_counter()
             feats = extract(self.backbone, images, self.device, self.batch_size)
             elapsed = time.perf_counter() - start

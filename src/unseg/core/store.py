@@ -255,8 +255,9 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
         logger.info("Resuming %s: %d of %d shards already written", root, len(infos), stream.num_shards)
     work = parent / f".{root.name}.tmp-{os.getpid()}"
     bar = tqdm(total=stream.num_shards, initial=len(infos), unit="shard", disable=not progress, desc=root.name)
+    shards = stream.iter_shards(todo)
     try:
-        for shard in stream.iter_shards(todo):
+        for shard in shards:
             _check_shard(shard, stream.fields)
             tmp = work / _shard_dir(work, shard.index).name
             shutil.rmtree(tmp, ignore_errors=True)
@@ -276,6 +277,7 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
                                  "wrote this store at the same time (one `kedro run` per project at a time)") from err
             bar.update(1)
     finally:
+        getattr(shards, "close", lambda: None)()  # a failed write stops the producer now (e.g. its worker processes)
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
     missing = [i for i in range(stream.num_shards) if i not in infos]
@@ -419,20 +421,21 @@ class ShardStore:
             yield self.shard(index, names)
 
     def sample_vectors(self, name: str, count: int, seed: int, channels_last: bool = False,
-                       item_share: int = 4) -> np.ndarray:
+                       item_share: int = 4, read_budget: int = 2**30) -> np.ndarray:
         """A random sample of the channel vectors of a dense field that reads only the items it samples from.
 
-        The vectors are drawn uniformly without replacement from the pixels of a random subset of items, large
-        enough that the sample takes at most 1/`item_share` of their pixels (every item when the store is small:
-        then the draw is uniform over all pixels). So the items read grow with `count`, not with the store: 1M
-        vectors of 40x40 grids read 2,500 items, whether the store holds 5,000 or 50,000.
+        A field of at most `read_budget` bytes is read whole: the draw is uniform over all its pixels. A larger one
+        is sampled from a random subset of items, large enough that the sample takes at most 1/`item_share` of their
+        pixels, uniformly among their pixels; so the items read grow with `count`, not with the store: 1M vectors of
+        40x40 grids read 2,500 items, whether the store holds 5,000 or 50,000.
 
         Args:
             name: the field, of shape (C, h, w), or (h, w, C) with channels_last (images).
             count: vectors wanted; all of them when the store holds fewer.
             seed: seeds the draw.
             channels_last: the field's layout.
-            item_share: at most 1/item_share of a sampled item's pixels are taken, on average.
+            item_share: at most 1/item_share of a sampled item's pixels are taken, on average (large fields).
+            read_budget: bytes of the field below which every item is read.
 
         Returns:
             float32 array (min(count, total), C), in store order.
@@ -443,7 +446,8 @@ class ShardStore:
         channels = spec.shape[-1] if channels_last else spec.shape[0]
         per_item = int(np.prod(spec.shape)) // channels
         rng = np.random.default_rng(seed)
-        num_items = min(len(self), -(-count * item_share // per_item))
+        field_bytes = len(self) * int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+        num_items = len(self) if field_bytes <= read_budget else min(len(self), -(-count * item_share // per_item))
         items = (np.arange(len(self)) if num_items == len(self)
                  else np.sort(rng.choice(len(self), size=num_items, replace=False)))
         total = num_items * per_item

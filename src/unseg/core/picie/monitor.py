@@ -66,12 +66,13 @@ class ValMonitor:
         input_size: network input side.
         config: see EvalConfig.
         device: where the network runs.
+        num_workers: processes reading the val images ahead (unseg.core.loader).
     """
 
     def __init__(self, val: ShardStore, num_classes: int, input_size: int, config: EvalConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, num_workers: int = 0) -> None:
         self.val = val
-        self.source = ImageSource(val, input_size)
+        self.source = ImageSource(val, input_size, num_workers)
         self.num_classes = num_classes
         self.config = config
         self.device = device

@@ -8,6 +8,9 @@ One epoch e (1-based):
 3. label pass: every pixel of both views gets its nearest centroid (labels held as uint8 (2, N, h, w));
 4. train: Adam over shuffled batches, network in train mode, loss of loss.py with frozen centroid classifiers;
 5. checkpoint (checkpoint.py) with model, optimiser, metrics history and RNG states.
+On CUDA the network's forward and the loss of the training steps run under bf16 autocast (the CPU path is plain
+float32). Every pass reads its images through `ImageSource.batches`, whose worker processes (`num_workers`) read the
+next batches ahead; the batches, their order and every random draw are the same with any number of workers.
 All randomness is derived from (seed, epoch, purpose[, image]): the batch orders, the views, the k-means samples and
 faiss seeds. A run resumed from the checkpoint of epoch e therefore continues exactly as an uninterrupted run.
 
@@ -124,10 +127,10 @@ class EpochContext:
         """(rows, features (B, D, h, w)) of view 1 (view=0) or T(view 2) (view=1), eval mode, in `order`."""
         self.net.eval()
         size = self.clustering.batch_size
-        for start in range(0, len(order), size):
-            rows = order[start:start + size]
+        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        for rows, images in zip(batches, self.source.batches(batches, self.device), strict=True):
             sub = params.subset(rows)
-            feats = self.net(view_input(self.source.batch(rows, self.device), sub, view, self.views))
+            feats = self.net(view_input(images, sub, view, self.views))
             yield rows, (transform_features(feats, sub) if view == 1 else feats)
             bar.update(len(rows))
 
@@ -175,14 +178,19 @@ def label_views(ctx: EpochContext, epoch: int, params: ViewParams, centroids: li
 
 
 def batch_loss(ctx: EpochContext, rows: np.ndarray, params: ViewParams, labels: np.ndarray,
-               centroids: list[torch.Tensor], weights: list[torch.Tensor | None]) -> LossTerms:
-    """The loss of the images `rows` (network in whatever mode it is)."""
+               centroids: list[torch.Tensor], weights: list[torch.Tensor | None],
+               base: torch.Tensor | None = None) -> LossTerms:
+    """The loss of the images `rows` (network in whatever mode it is); `base`: their images (B, 3, S, S) when
+    already read. On CUDA the forward passes and the loss run under bf16 autocast (the views are made before, in
+    float32)."""
     sub = params.subset(rows)
-    base = ctx.source.batch(rows, ctx.device)
-    f1 = ctx.net(view_input(base, sub, 0, ctx.views))
-    f2 = transform_features(ctx.net(view_input(base, sub, 1, ctx.views)), sub)
+    base = ctx.source.batch(rows, ctx.device) if base is None else base
+    x1, x2 = view_input(base, sub, 0, ctx.views), view_input(base, sub, 1, ctx.views)
     y1, y2 = (torch.from_numpy(labels[v, rows].astype(np.int64)).to(ctx.device) for v in (0, 1))
-    return picie_loss(f1, f2, y1, y2, centroids[0], centroids[1], weights[0], weights[1])
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+        f1 = ctx.net(x1)
+        f2 = transform_features(ctx.net(x2), sub)
+        return picie_loss(f1, f2, y1, y2, centroids[0], centroids[1], weights[0], weights[1])
 
 
 def train_views(ctx: EpochContext, epoch: int, params: ViewParams, labels: np.ndarray, centroids: list[torch.Tensor],
@@ -193,9 +201,9 @@ def train_views(ctx: EpochContext, epoch: int, params: ViewParams, labels: np.nd
     totals = np.zeros(3)
     bar = ctx.bar(n, f"picie {epoch}/{ctx.train.epochs} train")
     ctx.net.train()
-    for begin in range(0, n, ctx.train.batch_size):
-        rows = np.sort(order[begin:begin + ctx.train.batch_size])
-        terms = batch_loss(ctx, rows, params, labels, centroids, weights)
+    batches = [np.sort(order[begin:begin + ctx.train.batch_size]) for begin in range(0, n, ctx.train.batch_size)]
+    for rows, base in zip(batches, ctx.source.batches(batches, ctx.device), strict=True):
+        terms = batch_loss(ctx, rows, params, labels, centroids, weights, base)
         ctx.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         ctx.optimizer.step()
@@ -254,7 +262,7 @@ def run_fingerprint(network: NetworkConfig, init: str, views: ViewConfig, cluste
 
 def train_picie(train: ShardStore, val: ShardStore | None, network: NetworkConfig, views: ViewConfig,
                 clustering: ClusterConfig, loss: LossConfig, train_config: TrainConfig, evaluation: EvalConfig,
-                num_classes: int, seed: int, device: torch.device) -> TrainResult:
+                num_classes: int, seed: int, device: torch.device, num_workers: int = 0) -> TrainResult:
     """Trains PiCIE on the train images (labels are never read), resuming from a checkpoint of the same fingerprint.
 
     Args:
@@ -264,6 +272,7 @@ def train_picie(train: ShardStore, val: ShardStore | None, network: NetworkConfi
         num_classes: classes of the val labels.
         seed: seeds everything.
         device: where the network runs.
+        num_workers: processes reading the images ahead (unseg.core.loader); the results do not depend on it.
 
     Returns:
         TrainResult (history: per-epoch metrics, see the module docstring).
@@ -271,7 +280,7 @@ def train_picie(train: ShardStore, val: ShardStore | None, network: NetworkConfi
     Raises:
         ValueError: a batch size larger than the data set, too few sampled pixels for K, a bad parameter.
     """
-    source = ImageSource(train, views.base_size)
+    source = ImageSource(train, views.base_size, num_workers)
     n = len(source)
     for name, size in (("picie.train.batch_size", train_config.batch_size),
                        ("picie.clustering.batch_size", clustering.batch_size)):
@@ -293,14 +302,15 @@ def train_picie(train: ShardStore, val: ShardStore | None, network: NetworkConfi
         first = int(payload["epoch"]) + 1
         logger.info("PiCIE: resuming from %s (epoch %d of %d done)", directory, first - 1, train_config.epochs)
     has_labels = val is not None and "label" in val.fields
-    monitor = (ValMonitor(val, num_classes, views.input_size, evaluation, device)
+    monitor = (ValMonitor(val, num_classes, views.input_size, evaluation, device, num_workers)
                if has_labels and (evaluation.monitor or evaluation.untrained_baseline) else None)
     ctx = EpochContext(net, optimizer, source, views, clustering, loss, train_config, seed, device,
                        monitor if evaluation.monitor else None)
     if first == 1:
         _add(history, {"picie/pretrained_init": float(init != "random")}, 0)
         if monitor is not None and evaluation.untrained_baseline:
-            scores = monitor.fresh_kmeans(net, ImageSource(train, views.input_size), derive_seed(seed, 0, 99))
+            scores = monitor.fresh_kmeans(net, ImageSource(train, views.input_size, num_workers),
+                                          derive_seed(seed, 0, 99))
             _add(history, {"picie/untrained_kmeans_miou": scores["miou"],
                            "picie/untrained_kmeans_acc": scores["acc"]}, 0)
             logger.info("PiCIE: untrained network, fresh k-means: val mIoU %.2f, Acc %.2f", scores["miou"],

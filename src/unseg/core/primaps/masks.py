@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unseg.core.loader import iter_reads, shard_batches, to_device
 from unseg.core.primaps.crf import CRFConfig, dense_crf_batch
 from unseg.core.primaps.postprocess import labels_from_scores, masks_to_logits, upsample
 from unseg.core.primaps.proposals import ProposalConfig, Proposals, propose_masks
@@ -60,6 +61,7 @@ class ProposalStream:
         images: the prepared images of the same split (field `image`), same ids and shards.
         proposals / crf: settings.
         device: where the proposal loop runs (the CRF runs on the CPU).
+        num_workers: processes reading the features and images ahead (unseg.core.loader; the maps do not depend on it).
 
     Field: mask uint8 (crop, crop). Attrs: the settings, the backbone, and the upstream fingerprints.
     """
@@ -69,6 +71,7 @@ class ProposalStream:
     proposals: ProposalConfig
     crf: CRFConfig
     device: torch.device
+    num_workers: int = 0
     fields: dict[str, FieldSpec] = field(init=False)
     attrs: dict[str, Any] = field(init=False)
     fingerprint: str = field(init=False)
@@ -93,15 +96,16 @@ class ProposalStream:
 
     def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
         step = self.proposals.batch_size
+        batches = shard_batches(self.features, todo, step)
+        cuda = self.device.type == "cuda"
+        feats = iter_reads(self.features, ["feat"], batches, self.num_workers, pin_memory=cuda)
+        images = iter_reads(self.images, ["image"], batches, self.num_workers)
         for index in todo:
-            feats = self.features.shard(index, ["feat"])["feat"]
-            images = self.images.shard(index, ["image"])["image"]
             ids = self.features.shard_ids(index)
             maps = []
             for start in range(0, len(ids), step):
-                x = torch.from_numpy(np.array(feats[start:start + step], dtype=np.float32)).to(self.device)
-                batch_maps, result = proposal_label_maps(x, np.asarray(images[start:start + step]), self.proposals,
-                                                         self.crf)
+                x = to_device(next(feats)["feat"], self.device).float()
+                batch_maps, result = proposal_label_maps(x, next(images)["image"].numpy(), self.proposals, self.crf)
                 maps.append(batch_maps)
                 empty = [ids[start + b] for b in torch.nonzero(result.counts == 0).flatten().tolist()]
                 if empty:

@@ -2,6 +2,8 @@
 
 Prototype logits of the features (cached features, or flip-averaged features computed online), upsampled bilinearly
 to the evaluation crop, argmax; with the CRF, its marginals over the log-softmax of the upsampled logits, argmax.
+Features come from the source's `stream`, images and labels through `unseg.core.loader` (read ahead by `num_workers`
+processes; the predictions do not depend on it).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from unseg.core.loader import iter_reads, shard_batches
 from unseg.core.metrics import ConfusionAccumulator, scores_from_confusion
 from unseg.core.primaps.crf import CRFConfig, dense_crf_batch
 from unseg.core.primaps.em import upsampled_logits
 from unseg.core.primaps.prototypes import Prototypes
-from unseg.core.primaps.sources import FeatureSource, ItemReader
+from unseg.core.primaps.sources import FeatureSource
 from unseg.core.store import FieldSpec, Shard, ShardStore, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -48,11 +51,6 @@ def predict_batch(model: Prototypes, features: torch.Tensor, size: tuple[int, in
     return np.stack([marginals.argmax(0) for marginals in dense_crf_batch(list(images), list(log_probs), crf)])
 
 
-def _shard_positions(store: ShardStore, index: int) -> list[int]:
-    start = int(sum(store.shard_counts[:index]))
-    return list(range(start, start + store.shard_counts[index]))
-
-
 @dataclass
 class PrototypePredictionStream:
     """Val predictions of a prototype model, one output shard per shard of the val image store.
@@ -63,6 +61,7 @@ class PrototypePredictionStream:
         images: the prepared val images (ids, shards, and the CRF's appearance kernel).
         crf: None: no CRF.
         tag: what else identifies the predictions (method, base, feature mode) for the fingerprint and attrs.
+        num_workers: processes reading the CRF's images ahead (the source reads its features with its own).
 
     Field: pred uint8 (crop, crop) cluster ids. Attrs: num_clusters and `tag`.
     """
@@ -74,6 +73,7 @@ class PrototypePredictionStream:
     device: torch.device
     tag: dict[str, Any]
     batch_size: int = 32
+    num_workers: int = 0
     fields: dict[str, FieldSpec] = field(init=False)
     attrs: dict[str, Any] = field(init=False)
     fingerprint: str = field(init=False)
@@ -91,7 +91,6 @@ class PrototypePredictionStream:
         self.attrs = {"num_clusters": num_clusters, "crf": crf, **self.tag, "images": self.images.fingerprint}
         self.fingerprint = fingerprint(self.attrs, np.round(np.asarray(self.state["directions"]), 6).tolist(),
                                        np.round(np.asarray(self.state["gains"]), 6).tolist())
-        self._images = ItemReader(self.images, "image")
 
     @property
     def num_shards(self) -> int:
@@ -99,32 +98,34 @@ class PrototypePredictionStream:
 
     def iter_shards(self, todo: Sequence[int]) -> Iterator[Shard]:
         size = self.fields["pred"].shape
+        batches = shard_batches(self.images, todo, self.batch_size)
+        features = self.source.stream(batches)
+        crf = self.crf is not None and self.crf.enabled
+        images = iter_reads(self.images, ["image"], batches, self.num_workers) if crf else None
         for index in todo:
-            positions = _shard_positions(self.images, index)
             preds = [np.zeros((0, *size), np.uint8)]
-            for start in range(0, len(positions), self.batch_size):
-                batch = positions[start:start + self.batch_size]
-                images = self._images(batch) if self.crf is not None and self.crf.enabled else None
-                preds.append(predict_batch(self.model, self.source(batch), size, images, self.crf).astype(np.uint8))
+            for _ in range(-(-self.images.shard_counts[index] // self.batch_size)):
+                rgb = next(images)["image"].numpy() if images is not None else None
+                preds.append(predict_batch(self.model, next(features), size, rgb, self.crf).astype(np.uint8))
             yield Shard(index, self.images.shard_ids(index), {"pred": np.concatenate(preds)})
 
 
 def val_scores(model: Prototypes, source: FeatureSource, labels: ShardStore, num_classes: int,
-               batch_size: int = 32) -> dict[str, float]:
+               batch_size: int = 32, num_workers: int = 0) -> dict[str, float]:
     """Acc and mIoU (percent, Hungarian; majority vote when K < classes) of a model's argmax on val.
 
     For monitoring only: nothing is selected on these numbers.
     """
     if source.ids != labels.ids:
         raise ValueError(f"the val features and the val labels {labels.root} hold different images")
-    reader = ItemReader(labels, "label")
     size = tuple(labels.fields["label"].shape)
     accumulator = ConfusionAccumulator(num_classes, model.num_prototypes)
     was_training = model.training
     model.eval()
-    for start in range(0, len(labels), batch_size):
-        batch = list(range(start, min(start + batch_size, len(labels))))
-        accumulator.update(reader(batch), predict_batch(model, source(batch), size))  # type: ignore[arg-type]
+    batches = [list(range(start, min(start + batch_size, len(labels)))) for start in range(0, len(labels), batch_size)]
+    reads = iter_reads(labels, ["label"], batches, num_workers)
+    for read, features in zip(reads, source.stream(batches), strict=True):
+        accumulator.update(read["label"].numpy(), predict_batch(model, features, size))  # type: ignore[arg-type]
     model.train(was_training)
     scores = scores_from_confusion(accumulator.hist, "hungarian" if model.num_prototypes >= num_classes else "majority")
     return {"val_acc": float(scores.acc), "val_miou": float(scores.miou)}

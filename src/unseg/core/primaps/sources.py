@@ -4,11 +4,13 @@
 - `BackboneFeatures`: the frozen backbone run on the prepared images, optionally on photometrically augmented copies
   (the student's input when `primaps.augment` is true) or averaged over the image and its horizontal flip
   (inference, as in the paper).
+A source gives the features of one batch (`source(positions)`) or of a list of batches (`source.stream(batches)`),
+whose reads `num_workers` processes of `unseg.core.loader` do ahead; both give the same tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +19,7 @@ import torch
 
 from unseg.core.backbones import Backbone
 from unseg.core.features import images_to_tensor
+from unseg.core.loader import iter_reads, shard_batches, to_device
 from unseg.core.primaps.augment import augment_batch
 from unseg.core.store import ShardStore
 
@@ -27,6 +30,11 @@ class FeatureSource(Protocol):
     ids: list[str]
 
     def __call__(self, positions: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+    def stream(self, batches: Sequence[Sequence[int]],
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """`self(batch, generator)` of each batch, in order (random draws in the same order as those calls)."""
+        ...
 
 
 @dataclass
@@ -59,22 +67,35 @@ class StoreFeatures:
         store: a feature store (C, h, w) per item.
         device: where the tensors go.
         memory_limit: bytes.
+        num_workers: processes reading ahead (the whole store once, or the batches of `stream`).
     """
 
-    def __init__(self, store: ShardStore, device: torch.device, memory_limit: int = 2**31) -> None:
+    def __init__(self, store: ShardStore, device: torch.device, memory_limit: int = 2**31,
+                 num_workers: int = 0) -> None:
         self.ids = store.ids
+        self.store = store
         self.reader = ItemReader(store, "feat")
         self.device = device
+        self.num_workers = num_workers
         self.dim = int(store.fields["feat"].shape[0])
         self._all: torch.Tensor | None = None
         if 4 * len(store) * int(np.prod(store.fields["feat"].shape)) <= memory_limit:
-            shards = [torch.from_numpy(np.asarray(s["feat"], dtype=np.float32)) for s in store.iter_shards(["feat"])]
+            reads = iter_reads(store, ["feat"], shard_batches(store, range(store.num_shards)), num_workers)
+            shards = [read["feat"].float() for read in reads]
             self._all = torch.cat(shards).to(device) if shards else None
 
     def __call__(self, positions: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
         if self._all is not None:
             return self._all[torch.as_tensor(list(positions), dtype=torch.long, device=self.device)]
         return torch.from_numpy(self.reader(positions).astype(np.float32)).to(self.device)
+
+    def stream(self, batches: Sequence[Sequence[int]],
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        if self._all is not None:
+            yield from (self(batch) for batch in batches)
+            return
+        for read in iter_reads(self.store, ["feat"], batches, self.num_workers, self.device.type == "cuda"):
+            yield to_device(read["feat"], self.device).float()
 
 
 class BackboneFeatures:
@@ -86,11 +107,14 @@ class BackboneFeatures:
         device: where it runs (bf16 autocast and channels-last on CUDA, as in feature extraction).
         augment: photometric augmentation of every image (needs a generator per call).
         flip_average: average the features of the image and of its horizontal flip (flipped back).
+        num_workers: processes reading the images of `stream` ahead.
     """
 
     def __init__(self, images: ShardStore, backbone: Backbone, device: torch.device, augment: bool = False,
-                 flip_average: bool = False) -> None:
+                 flip_average: bool = False, num_workers: int = 0) -> None:
         self.ids = images.ids
+        self.images = images
+        self.num_workers = num_workers
         self.reader = ItemReader(images, "image")
         self.backbone = backbone
         self.device = device
@@ -105,9 +129,17 @@ class BackboneFeatures:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
             return self.backbone(x).float()
 
-    @torch.no_grad()
     def __call__(self, positions: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
-        x = images_to_tensor(self.reader(positions), self.device)
+        return self._features(images_to_tensor(self.reader(positions), self.device), generator)
+
+    def stream(self, batches: Sequence[Sequence[int]],
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        for read in iter_reads(self.images, ["image"], batches, self.num_workers, self.device.type == "cuda"):
+            yield self._features(images_to_tensor(read["image"], self.device), generator)
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Features of images (B, 3, H, W) in [0, 1] on the device: augmented, flip-averaged as configured."""
         if self.augment:
             if generator is None:
                 raise ValueError("BackboneFeatures(augment=True) needs a generator for the augmentation draws")
@@ -116,3 +148,4 @@ class BackboneFeatures:
         if self.flip_average:
             features = (features + self._forward(x.flip(-1)).flip(-1)) / 2
         return features
+

@@ -4,6 +4,9 @@ Reads, per batch of train images: the teacher's clean base features, the student
 or a photometrically augmented copy computed online), and the stored PriMaPs label maps. Never reads train labels.
 Every epoch ends with a checkpoint; a run started again with the same fingerprint resumes after the newest one
 (random draws are seeded per epoch, so a resumed run repeats exactly what an uninterrupted one does).
+The batches of an epoch are drawn first; their features and label maps are then read ahead by the sources' and the
+masks' loader processes (`unseg.core.loader`), in that order, so the draws do not depend on the number of workers.
+On CUDA the student's forward and the M-step loss run under bf16 autocast (the CPU path is plain float32).
 
 [0] https://arxiv.org/abs/2404.16818
 """
@@ -21,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from unseg.core.loader import iter_reads, to_device
 from unseg.core.primaps.checkpoint import load_latest, save_checkpoint
 from unseg.core.primaps.em import IGNORE, e_step, ema_decay, ema_update, is_teacher_step, m_step_loss, upsampled_logits
 from unseg.core.primaps.prototypes import CosineWarmup, Prototypes, principal_init
-from unseg.core.primaps.sources import FeatureSource, ItemReader
+from unseg.core.primaps.sources import FeatureSource
 from unseg.core.store import ShardStore
 
 logger = logging.getLogger(__name__)
@@ -170,8 +174,8 @@ def initial_directions(data: EMData, config: EMConfig, centroids: np.ndarray | N
     losses = []
     for epoch in range(config.warmup_epochs):
         total = []
-        for batch in _batches(positions, config.batch_size, _generator(config.seed, 1, epoch)):
-            total.append(probe.step(data.teacher(batch)))
+        for features in data.teacher.stream(_batches(positions, config.batch_size, _generator(config.seed, 1, epoch))):
+            total.append(probe.step(features))
         losses.append(float(np.mean(total)) if total else float("nan"))
         logger.info("PriMaPs-EM warm-up epoch %d/%d: cosine k-means loss %.4f", epoch + 1, config.warmup_epochs,
                     losses[-1])
@@ -179,7 +183,7 @@ def initial_directions(data: EMData, config: EMConfig, centroids: np.ndarray | N
 
 
 def fit_em(data: EMData, config: EMConfig, device: torch.device, checkpoints: Path | None = None,
-           centroids: np.ndarray | None = None, monitor: Monitor | None = None) -> EMResult:
+           centroids: np.ndarray | None = None, monitor: Monitor | None = None, num_workers: int = 0) -> EMResult:
     """Fits PriMaPs-EM prototypes (see the module docstring).
 
     Args:
@@ -190,6 +194,7 @@ def fit_em(data: EMData, config: EMConfig, device: torch.device, checkpoints: Pa
         centroids: (K, C) for init "centroids".
         monitor: called with the teacher after the initialisation and after every epoch; its metrics join the
             history (validation scores for monitoring only: they select nothing).
+        num_workers: processes reading the label maps ahead (the sources have their own).
 
     Returns:
         The final teacher (the model) and student, and the per-epoch history.
@@ -203,7 +208,6 @@ def fit_em(data: EMData, config: EMConfig, device: torch.device, checkpoints: Pa
                        len(data.masks), ", ".join(skipped[:10]))
     if not positions:
         raise ValueError("PriMaPs-EM: no train image has a mask proposal; check primaps.proposals")
-    masks = ItemReader(data.masks, "mask")
     state = load_latest(checkpoints) if checkpoints is not None else None
     if state is None:
         directions, warmup = initial_directions(data, config, centroids, device, range(len(data.teacher.ids)))
@@ -228,13 +232,16 @@ def fit_em(data: EMData, config: EMConfig, device: torch.device, checkpoints: Pa
         generator = _generator(config.seed, 0, epoch)
         sums = {"loss": 0.0, "pseudo_label_coverage": 0.0, "teacher_student_agreement": 0.0}
         batches = _batches(positions, config.batch_size, generator)
-        for batch in batches:
-            clean = data.teacher(batch)
-            label_maps = torch.from_numpy(masks(batch)).to(device)
+        cleans = data.teacher.stream(batches)
+        students = None if data.student is data.teacher else data.student.stream(batches, generator)
+        maps = iter_reads(data.masks, ["mask"], batches, num_workers, pin_memory=device.type == "cuda")
+        for clean, read in zip(cleans, maps, strict=True):
+            label_maps = to_device(read["mask"], device)
             pseudo, teacher_pred = e_step(teacher, clean, label_maps)
-            features = clean if data.student is data.teacher else data.student(batch, generator)
-            logits = upsampled_logits(student, features, tuple(label_maps.shape[-2:]))
-            loss = m_step_loss(logits, pseudo, config.focal_gamma)
+            features = clean if students is None else next(students)  # its augmentation draws: here, as before
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = upsampled_logits(student, features, tuple(label_maps.shape[-2:]))
+                loss = m_step_loss(logits, pseudo, config.focal_gamma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

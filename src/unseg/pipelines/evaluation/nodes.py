@@ -23,6 +23,7 @@ from unseg.core.evaluate import (
 )
 from unseg.core.kmeans import KMeansConfig, fit_kmeans
 from unseg.core.linear_probe import LinearProbeConfig, fit_linear_probe
+from unseg.core.loader import resolve_num_workers
 from unseg.core.store import INGESTION, ShardStore, check_made_from, check_model_ingestion, check_same_ingestion
 from unseg.core.visualise import label_palette, plot_confusion, plot_iou_bars, plot_overlay_grid
 
@@ -65,9 +66,10 @@ def fit_probe(train_features: ShardStore, train_images: ShardStore, probe: dict[
             INGESTION: train_features.attrs.get(INGESTION)}
 
 
-def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, dataset: dict[str, Any],
-                           device: str) -> CentroidPredictionStream:
-    """Lazy val predictions of a centroid (or linear) model at the evaluation crop.
+def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, dataset: dict[str, Any], device: str,
+                           num_workers: int | str) -> CentroidPredictionStream:
+    """Lazy val predictions of a centroid (or linear) model at the evaluation crop (`loader.num_workers` processes
+    read the val store ahead).
 
     Raises:
         StoreError: the model was fitted on a train store of another ingestion than `val_source`'s.
@@ -75,9 +77,10 @@ def predict_with_centroids(model: dict[str, Any], val_source: ShardStore, datase
     check_model_ingestion(model, val_source)
     crop = dataset["crop"]
     bias = np.asarray(model["bias"], dtype=np.float32) if "bias" in model else None
+    target = resolve_device(device)
     return CentroidPredictionStream(val_source, model["input"], model["input"] == "image",
                                     np.asarray(model["centroids"], dtype=np.float32), model["metric"], (crop, crop),
-                                    resolve_device(device), bias=bias)
+                                    target, bias=bias, num_workers=resolve_num_workers(num_workers, target))
 
 
 def score_predictions(predictions: ShardStore | None, val_images: ShardStore, dataset: dict[str, Any],

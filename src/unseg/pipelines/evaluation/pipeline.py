@@ -37,13 +37,14 @@ def baseline_pipeline(method: str) -> Pipeline:
         [
             node(twice(fit), ["train", "params:kmeans", "params:dataset", "params:seed"], ["model", "model_mlflow"],
                  name="fit"),
-            node(predict_with_centroids, ["model", "val", "params:dataset", "params:device"], "val_predictions",
-                 name="predict"),
+            node(predict_with_centroids, ["model", "val", "params:dataset", "params:device",
+                                          "params:loader.num_workers"], "val_predictions", name="predict"),
         ],
         namespace=method,
         inputs={"train": train, "val": val},
         parameters={"params:kmeans": f"params:evaluation.{method}", "params:dataset": "params:dataset",
-                    "params:seed": "params:seed", "params:device": "params:device"},
+                    "params:seed": "params:seed", "params:device": "params:device",
+                    "params:loader.num_workers": "params:loader.num_workers"},
     ) + scoring_pipeline(method)
 
 
@@ -53,13 +54,14 @@ def probe_pipeline() -> Pipeline:
         [
             node(twice(fit_probe), ["feat_train", "prm_train_images", "params:probe", "params:dataset",
                                     "params:seed", "params:device"], ["model", "model_mlflow"], name="fit"),
-            node(predict_with_centroids, ["model", "feat_val", "params:dataset", "params:device"], "val_predictions",
-                 name="predict"),
+            node(predict_with_centroids, ["model", "feat_val", "params:dataset", "params:device",
+                                          "params:loader.num_workers"], "val_predictions", name="predict"),
         ],
         namespace="linear_probe",
         inputs={"feat_train", "prm_train_images", "feat_val"},
         parameters={"params:probe": "params:evaluation.linear_probe", "params:dataset": "params:dataset",
-                    "params:seed": "params:seed", "params:device": "params:device"},
+                    "params:seed": "params:seed", "params:device": "params:device",
+                    "params:loader.num_workers": "params:loader.num_workers"},
     ) + scoring_pipeline("linear_probe")
 
 

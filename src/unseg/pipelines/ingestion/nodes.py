@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from unseg.core.data.prepare import PreparedImageStream, ingestion_fingerprint
+from unseg.core.data.prepare import PreparedImageStream, decode_workers, ingestion_fingerprint
 from unseg.core.data.sources import DatasetConfig, build_index
 from unseg.core.store import ShardStore
 
@@ -17,13 +17,15 @@ def build_image_index(dataset: dict[str, Any], seed: int) -> tuple[pd.DataFrame,
     return result.table, result.skipped
 
 
-def prepare_images(index: pd.DataFrame, dataset: dict[str, Any], seed: int,
-                   shard_size: int) -> tuple[PreparedImageStream, PreparedImageStream]:
-    """Lazy streams of the train and val images (and labels) at the evaluation resolution."""
+def prepare_images(index: pd.DataFrame, dataset: dict[str, Any], seed: int, shard_size: int,
+                   num_workers: int | str) -> tuple[PreparedImageStream, PreparedImageStream]:
+    """Lazy streams of the train and val images (and labels) at the evaluation resolution, decoded by `num_workers`
+    processes (an integer >= 0, or "auto")."""
     config = DatasetConfig.from_params(dataset, seed)
     ingestion = ingestion_fingerprint(index, config, shard_size)  # shared by both stores: they belong together
+    workers = decode_workers(num_workers)
     return tuple(PreparedImageStream(index[index["split"] == role].reset_index(drop=True), config, shard_size,
-                                     ingestion) for role in ("train", "val"))  # type: ignore[return-value]
+                                     ingestion, workers) for role in ("train", "val"))  # type: ignore[return-value]
 
 
 def report_ingestion(index: pd.DataFrame, index_skipped: list[dict[str, str]], train: ShardStore,

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from unseg.core.devices import resolve_device
 from unseg.core.evaluate import CentroidPredictionStream
 from unseg.core.kmeans import fit_kmeans
+from unseg.core.loader import resolve_num_workers
 from unseg.core.picie import (
     ClusterConfig,
     EvalConfig,
@@ -42,28 +43,31 @@ def _check_images(train_images: ShardStore, val_images: ShardStore, what: str) -
 
 def train(train_images: ShardStore, val_images: ShardStore, network: dict[str, Any], views: dict[str, Any],
           clustering: dict[str, Any], loss: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any],
-          dataset: dict[str, Any], seed: int,
-          device: str) -> tuple[PiCIENet, PiCIENet, dict[str, list[dict[str, float]]], dict[str, Any]]:
+          dataset: dict[str, Any], seed: int, device: str,
+          num_workers: int | str) -> tuple[PiCIENet, PiCIENet, dict[str, list[dict[str, float]]], dict[str, Any]]:
     """Trains PiCIE (resuming from its checkpoint folder); returns the network twice (catalog copy and MLflow
     model), the per-epoch metrics history and a summary of the run (init used, fingerprint, resumed epoch)."""
     _check_images(train_images, val_images, "picie.train's inputs")
+    target = resolve_device(device)
     result = train_picie(train_images, val_images, NetworkConfig(**network), ViewConfig(**views),
                          ClusterConfig(**_with_k(clustering, dataset["num_classes"])), LossConfig(**loss),
                          TrainConfig(**training), EvalConfig(**_with_k(evaluation, dataset["num_classes"])),
-                         dataset["num_classes"], seed, resolve_device(device))
+                         dataset["num_classes"], seed, target, resolve_num_workers(num_workers, target))
     return result.network, result.network, result.history, result.info
 
 
 def extract_features(state: PiCIENet | Mapping[str, torch.Tensor], train_images: ShardStore, val_images: ShardStore,
-                     network: dict[str, Any], views: dict[str, Any], evaluation: dict[str, Any],
-                     device: str) -> tuple[PiCIEFeatureStream, PiCIEFeatureStream]:
+                     network: dict[str, Any], views: dict[str, Any], evaluation: dict[str, Any], device: str,
+                     num_workers: int | str) -> tuple[PiCIEFeatureStream, PiCIEFeatureStream]:
     """Lazy streams of the trained network's features (raw, float16, stride 4) of the train and val images."""
     _check_images(train_images, val_images, "picie.extract_features' inputs")
     net = PiCIENet(NetworkConfig(**network).arch)
     net.load_state_dict(state.state_dict() if isinstance(state, torch.nn.Module) else state)
     weights_id = state_fingerprint(net)
     target = resolve_device(device)
-    return tuple(PiCIEFeatureStream(store, net, target, evaluation["batch_size"], views["input_size"], weights_id)
+    workers = resolve_num_workers(num_workers, target)
+    return tuple(PiCIEFeatureStream(store, net, target, evaluation["batch_size"], views["input_size"], weights_id,
+                                    workers)
                  for store in (train_images, val_images))  # type: ignore[return-value]
 
 
@@ -83,14 +87,14 @@ def fit_eval_kmeans(train_features: ShardStore, network: dict[str, Any], evaluat
     return model, model
 
 
-def predict(kmeans: dict[str, Any], val_features: ShardStore, dataset: dict[str, Any],
-            device: str) -> CentroidPredictionStream:
+def predict(kmeans: dict[str, Any], val_features: ShardStore, dataset: dict[str, Any], device: str,
+            num_workers: int | str) -> CentroidPredictionStream:
     """Lazy val predictions: cosine scores at stride 4, upsampled bilinearly to the crop, argmax."""
     check_model_ingestion(kmeans, val_features)
-    crop = dataset["crop"]
+    crop, target = dataset["crop"], resolve_device(device)
     return CentroidPredictionStream(val_features, kmeans["input"], False,
                                     np.asarray(kmeans["centroids"], dtype=np.float32), kmeans["metric"],
-                                    (crop, crop), resolve_device(device))
+                                    (crop, crop), target, num_workers=resolve_num_workers(num_workers, target))
 
 
 def plot_curves(metrics: dict[str, list[dict[str, float]]]) -> Figure:

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from unseg.core.backbones import create_backbone
 from unseg.core.devices import resolve_device
+from unseg.core.loader import resolve_num_workers
 from unseg.core.primaps.config import parse_config
 from unseg.core.primaps.crf import CRFConfig
 from unseg.core.primaps.masks import ProposalStream, proposal_stats
@@ -40,13 +41,15 @@ NODE_KEYS = ("checkpoint_dir", "monitor_val")  # primaps.em keys for the node, n
 
 # ------------------------------------------------------------------------------------------------------ proposals
 def propose_train_masks(train_images: ShardStore, train_features: ShardStore, proposals: dict[str, Any],
-                        crf: dict[str, Any], device: str) -> ProposalStream:
+                        crf: dict[str, Any], device: str, num_workers: int | str) -> ProposalStream:
     """Lazy PriMaPs label maps of the train split from the frozen backbone's features."""
     check_split("prm_train_images", train_images, "train")
     check_same_ingestion(prm_train_images=train_images, feat_train=train_features, what="propose_masks' inputs")
     check_made_from("feat_train", train_features, "prm_train_images", train_images)
+    target = resolve_device(device)
     return ProposalStream(train_features, train_images, parse_config(ProposalConfig, proposals, "primaps.proposals"),
-                          parse_config(CRFConfig, crf, "primaps.crf"), resolve_device(device))
+                          parse_config(CRFConfig, crf, "primaps.crf"), target,
+                          resolve_num_workers(num_workers, target))
 
 
 def report_proposals(masks: ShardStore) -> dict[str, dict[str, float]]:
@@ -81,12 +84,13 @@ def _base_setting(base: dict[str, Any], augment: bool) -> tuple[str, bool]:
 
 
 def _backbone_source(images: ShardStore, features: dict[str, Any], cached: ShardStore, device: Any, augment: bool,
-                     flip_average: bool) -> BackboneFeatures:
+                     flip_average: bool, num_workers: int) -> BackboneFeatures:
     if cached.attrs.get("backbone") != features["backbone"]:
         raise ValueError(f"primaps online mode: the cached features come from {cached.attrs.get('backbone')!r}, but "
                          f"features.backbone is {features['backbone']!r}")
     backbone = create_backbone(features["backbone"], features["weights"], features["pretrained"]).to(device)
-    return BackboneFeatures(images, backbone, device, augment=augment, flip_average=flip_average)
+    return BackboneFeatures(images, backbone, device, augment=augment, flip_average=flip_average,
+                            num_workers=num_workers)
 
 
 def _check_inputs(**stores: ShardStore) -> None:
@@ -102,7 +106,7 @@ def _check_inputs(**stores: ShardStore) -> None:
 
 def _fit(method: str, base_train: ShardStore, base_val: ShardStore, masks: ShardStore, train_images: ShardStore,
          val_images: ShardStore, augment: bool, em: dict[str, Any], base: dict[str, Any], features: dict[str, Any],
-         dataset: dict[str, Any], seed: int, device: str,
+         dataset: dict[str, Any], seed: int, device: str, num_workers: int | str,
          centroids: np.ndarray | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, float]]]]:
     name, online = _base_setting(base, augment)
     _check_inputs(base_train=base_train, base_val=base_val, masks=masks, train_images=train_images,
@@ -116,19 +120,21 @@ def _fit(method: str, base_train: ShardStore, base_val: ShardStore, masks: Shard
     if tuple(masks.fields["mask"].shape) != (dataset["crop"], dataset["crop"]):
         raise ValueError(f"primaps: masks of {masks.fields['mask'].shape} but dataset.crop is {dataset['crop']}")
     target = resolve_device(device)
-    teacher = StoreFeatures(base_train, target)
+    workers = resolve_num_workers(num_workers, target)
+    teacher = StoreFeatures(base_train, target, num_workers=workers)
     student: FeatureSource = teacher
-    val: FeatureSource = StoreFeatures(base_val, target)
+    val: FeatureSource = StoreFeatures(base_val, target, num_workers=workers)
     if online:
-        student = _backbone_source(train_images, features, base_train, target, augment=True, flip_average=False)
-        val = _backbone_source(val_images, features, base_val, target, augment=False, flip_average=True)
+        student = _backbone_source(train_images, features, base_train, target, True, False, workers)
+        val = _backbone_source(val_images, features, base_val, target, False, True, workers)
     sample = base_train.sample_vectors("feat", config.init_sample, seed) if config.init == "pca" else np.zeros((0, 0))
     key = fingerprint(method, asdict(config), name, online, base_train.fingerprint, masks.fingerprint,
                       None if centroids is None else np.round(centroids, 6).tolist(),
                       features if online else None)
-    monitor = (lambda model: val_scores(model, val, val_images, dataset["num_classes"])) if em["monitor_val"] else None
+    monitor = ((lambda model: val_scores(model, val, val_images, dataset["num_classes"], num_workers=workers))
+               if em["monitor_val"] else None)
     result = fit_em(EMData(teacher, student, masks, sample), config, target,
-                    Path(em["checkpoint_dir"]) / f"{method}-{key}", centroids, monitor)
+                    Path(em["checkpoint_dir"]) / f"{method}-{key}", centroids, monitor, workers)
     # the base features' producer (a frozen backbone, or picie_<arch> with the fingerprint of its weights)
     backbone, weights = base_train.attrs.get("backbone"), base_train.attrs.get("weights")
     model = {"method": method, "base": name, "backbone": backbone, "weights": weights, "init": config.init,
@@ -149,7 +155,7 @@ def _fit(method: str, base_train: ShardStore, base_val: ShardStore, masks: Shard
 
 def fit_prototypes(base_train: ShardStore, base_val: ShardStore, masks: ShardStore, train_images: ShardStore,
                    val_images: ShardStore, augment: bool, em: dict[str, Any], base: dict[str, Any],
-                   features: dict[str, Any], dataset: dict[str, Any], seed: int, device: str,
+                   features: dict[str, Any], dataset: dict[str, Any], seed: int, device: str, num_workers: int | str,
                    method: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, float]]]]:
     """PriMaPs-EM on a base feature store, prototypes initialised from its principal directions.
 
@@ -157,13 +163,13 @@ def fit_prototypes(base_train: ShardStore, base_val: ShardStore, masks: ShardSto
         The model (teacher = the model, and student) twice (versioned catalog, MLflow) and the per-epoch metrics.
     """
     return _fit(method, base_train, base_val, masks, train_images, val_images, augment, em, base, features, dataset,
-                seed, device, None)
+                seed, device, num_workers, None)
 
 
 def fit_prototypes_from_centroids(base_train: ShardStore, base_val: ShardStore, masks: ShardStore,
                                   train_images: ShardStore, val_images: ShardStore, augment: bool, em: dict[str, Any],
                                   base: dict[str, Any], features: dict[str, Any], dataset: dict[str, Any], seed: int,
-                                  device: str, kmeans: dict[str, Any],
+                                  device: str, num_workers: int | str, kmeans: dict[str, Any],
                                   method: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """PriMaPs-EM on another method's features, prototypes initialised from its cluster centres (e.g. PiCIE's)."""
     if kmeans.get("input") != "feat":
@@ -171,12 +177,13 @@ def fit_prototypes_from_centroids(base_train: ShardStore, base_val: ShardStore, 
                          f"{kmeans.get('input')!r}")
     centroids = np.asarray(kmeans["centroids"], dtype=np.float32)
     return _fit(method, base_train, base_val, masks, train_images, val_images, augment, em, base, features, dataset,
-                seed, device, centroids)
+                seed, device, num_workers, centroids)
 
 
 def predict_val(model: dict[str, Any], base_val: ShardStore, val_images: ShardStore, augment: bool,
-                crf: dict[str, Any], base: dict[str, Any], features: dict[str, Any],
-                device: str) -> tuple[PrototypePredictionStream, PrototypePredictionStream, PrototypePredictionStream]:
+                crf: dict[str, Any], base: dict[str, Any], features: dict[str, Any], device: str,
+                num_workers: int | str) -> tuple[PrototypePredictionStream, PrototypePredictionStream,
+                                                 PrototypePredictionStream]:
     """Lazy val predictions: teacher, teacher + DenseCRF, student (cluster ids at the evaluation crop).
 
     Features: cached val features (augment false), or flip-averaged features of the frozen backbone run online.
@@ -185,15 +192,18 @@ def predict_val(model: dict[str, Any], base_val: ShardStore, val_images: ShardSt
     _check_inputs(base_val=base_val, val_images=val_images)
     check_model_ingestion(model, base_val)
     target = resolve_device(device)
-    source: FeatureSource = StoreFeatures(base_val, target)
+    workers = resolve_num_workers(num_workers, target)
+    source: FeatureSource = StoreFeatures(base_val, target, num_workers=workers)
     if online:
-        source = _backbone_source(val_images, features, base_val, target, augment=False, flip_average=True)
+        source = _backbone_source(val_images, features, base_val, target, False, True, workers)
     tag = {"method": model["method"], "base": name, "online": online, "features": base_val.fingerprint}
     crf_config = parse_config(CRFConfig, {**crf, "enabled": True}, "primaps.crf")
-    return (PrototypePredictionStream(model["teacher"], source, val_images, None, target, {**tag, "model": "teacher"}),
+    return (PrototypePredictionStream(model["teacher"], source, val_images, None, target, {**tag, "model": "teacher"},
+                                      num_workers=workers),
             PrototypePredictionStream(model["teacher"], source, val_images, crf_config, target,
-                                      {**tag, "model": "teacher"}),
-            PrototypePredictionStream(model["student"], source, val_images, None, target, {**tag, "model": "student"}))
+                                      {**tag, "model": "teacher"}, num_workers=workers),
+            PrototypePredictionStream(model["student"], source, val_images, None, target, {**tag, "model": "student"},
+                                      num_workers=workers))
 
 
 def plot_curves(metrics: dict[str, list[dict[str, float]]], method: str) -> Figure:

@@ -40,7 +40,8 @@ def proposals_pipeline() -> Pipeline:
     return pipeline(
         [
             node(propose_train_masks, ["prm_train_images", "feat_train", "params:primaps.proposals",
-                                       "params:primaps.crf", "params:device"], MASKS, name="propose_masks"),
+                                       "params:primaps.crf", "params:device", "params:loader.num_workers"], MASKS,
+                 name="propose_masks"),
             node(report_proposals, MASKS, "primaps_proposal_metrics", name="report_proposals"),
             node(plot_proposals, ["prm_train_images", MASKS, "params:primaps.preview_images"],
                  "rpt_primaps_masks_preview", name="plot_proposals"),
@@ -58,13 +59,14 @@ def em_pipeline(method: str, base_train: str, base_val: str, centroids: str | No
             None: principal directions of the base train features plus the cosine k-means warm-up.
     """
     shared = ["base_train", "base_val", "masks", "prm_train_images", "prm_val_images", "params:primaps.augment",
-              "params:primaps.em", "params:base", "params:features", "params:dataset", "params:seed", "params:device"]
+              "params:primaps.em", "params:base", "params:features", "params:dataset", "params:seed", "params:device",
+              "params:loader.num_workers"]
     fit = (node(_bound(fit_prototypes, method), shared, ["model", "model_mlflow", "training_metrics"], name="fit")
            if centroids is None else
            node(_bound(fit_prototypes_from_centroids, method), [*shared, "centroids"],
                 ["model", "model_mlflow", "training_metrics"], name="fit"))
     predict = node(predict_val, ["model", "base_val", "prm_val_images", "params:primaps.augment", "params:primaps.crf",
-                                 "params:base", "params:features", "params:device"],
+                                 "params:base", "params:features", "params:device", "params:loader.num_workers"],
                    ["val_predictions", "crf_val_predictions", "student_val_predictions"], name="predict")
     inputs = {"base_train": base_train, "base_val": base_val, "masks": MASKS, "prm_train_images": "prm_train_images",
               "prm_val_images": "prm_val_images"}
@@ -80,7 +82,8 @@ def em_pipeline(method: str, base_train: str, base_val: str, centroids: str | No
         parameters={"params:base": f"params:primaps.base.{method}", "params:primaps.augment": "params:primaps.augment",
                     "params:primaps.em": "params:primaps.em", "params:primaps.crf": "params:primaps.crf",
                     "params:features": "params:features", "params:dataset": "params:dataset",
-                    "params:seed": "params:seed", "params:device": "params:device"},
+                    "params:seed": "params:seed", "params:device": "params:device",
+                    "params:loader.num_workers": "params:loader.num_workers"},
     )
 
 
