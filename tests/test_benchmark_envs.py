@@ -15,12 +15,14 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro.io import DataCatalog
 
 from unseg.core.data import cityscapes, cocostuff, potsdam
 from unseg.core.data.prepare import resize_crop
 from unseg.core.picie import ClusterConfig, EvalConfig, LossConfig, NetworkConfig, TrainConfig, ViewConfig
 from unseg.core.primaps import EMConfig
 from unseg.core.store import ShardStore
+from unseg.datasets import OnlineStoreDataset, ShardStoreDataset
 from unseg.pipelines.primaps.nodes import NODE_KEYS
 from unseg.settings import CONFIG_LOADER_ARGS
 
@@ -135,3 +137,22 @@ def test_benchmark_env_parameters(env: str) -> None:
     ClusterConfig(**{**picie["clustering"], "num_clusters": k}), EvalConfig(**{**picie["eval"], "num_clusters": k})
     EMConfig(**{**{key: v for key, v in em.items() if key not in NODE_KEYS}, "num_prototypes": k}, init="pca")
 
+
+
+ONLINE = ("feat_train", "feat_picie_train")  # computed where they are read in the large environments (issue 13)
+
+
+@pytest.mark.parametrize("env", list(ENVS))
+def test_benchmark_env_catalog(env: str) -> None:
+    """COCO-Stuff-27 and Cityscapes-27 compute the train features where they are read (an environment's catalog entry
+    replaces base's, and a named entry wins over base's "feat_{split}" factory); everything else is base's."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    base = OmegaConfigLoader(str(conf), **CONFIG_LOADER_ARGS)["catalog"]
+    merged = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["catalog"]
+    online = ONLINE if env in ("cocostuff27", "cityscapes27") else ()
+    assert set(merged) == set(base) | set(online)
+    assert {name: merged[name] for name in base} == base
+    catalog = DataCatalog.from_config(merged)
+    for name in (*ONLINE, "feat_val", "feat_picie_val"):
+        expected = OnlineStoreDataset if name in online else ShardStoreDataset
+        assert type(catalog.get(name)) is expected, (env, name)

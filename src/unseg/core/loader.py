@@ -12,6 +12,10 @@ Memory maps are opened lazily in the process that reads (never pickled into a wo
 of shards. With `num_workers=0` nothing is started: the batches are read in the calling process, as plain loops do.
 On CUDA the batches come in pinned memory, and `to_device` copies them without blocking.
 
+An online store (`unseg.core.online.OnlineStore`: shards computed by a backbone when read) is always read in the
+calling process, whatever `num_workers` says: its backbone lives there (possibly on CUDA) and is never pickled into a
+worker; its own cache bounds the shards held, and its `rows` computes only the items of a shuffled batch.
+
 The number of workers is one setting (`loader.num_workers` in conf/base/parameters.yml): an int, or `auto`, which
 `resolve_num_workers` turns into 0 on the CPU (a CPU run spends its cores on the model, not on reading) and into a
 few workers on a CUDA machine.
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from unseg.core.store import ShardStore
+from unseg.core.store import StoreReader
 
 AUTO = "auto"
 MAX_AUTO_WORKERS = 8  # read-ahead of memory-mapped shards saturates long before this many processes
@@ -60,7 +64,7 @@ class StoreReads(Dataset[dict[str, np.ndarray]]):
         names: the fields read.
     """
 
-    def __init__(self, store: ShardStore, names: Sequence[str]) -> None:
+    def __init__(self, store: StoreReader, names: Sequence[str]) -> None:
         missing = [name for name in names if name not in store.fields]
         if missing:
             raise ValueError(f"{store.root}: no field {missing}; it holds {list(store.fields)}")
@@ -91,6 +95,8 @@ class StoreReads(Dataset[dict[str, np.ndarray]]):
         positions = np.asarray(batch, dtype=np.int64).reshape(-1)
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self.store)):
             raise IndexError(f"{self.store.root}: positions outside [0, {len(self.store)}): {positions.tolist()[:10]}")
+        if getattr(self.store, "online", False):  # computed where read: its own cache, only the items asked for
+            return self.store.rows(positions, self.names)  # type: ignore[attr-defined]
         out = {name: np.empty((len(positions), *self.store.fields[name].shape), self.store.fields[name].dtype)
                for name in self.names}
         shards = np.searchsorted(self.starts, positions, side="right") - 1
@@ -105,7 +111,7 @@ class StoreReads(Dataset[dict[str, np.ndarray]]):
         return out
 
 
-def iter_reads(store: ShardStore, names: Sequence[str], batches: Sequence[Iterable[int]], num_workers: int = 0,
+def iter_reads(store: StoreReader, names: Sequence[str], batches: Sequence[Iterable[int]], num_workers: int = 0,
                pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Field -> CPU tensor (len(batch), *shape) for each batch of item positions, in the order of `batches`.
 
@@ -113,7 +119,8 @@ def iter_reads(store: ShardStore, names: Sequence[str], batches: Sequence[Iterab
         store: what is read.
         names: the fields read.
         batches: item positions per batch (any order, repeats allowed; an empty batch gives empty arrays).
-        num_workers: reading processes; 0 reads in the calling process, one batch at a time.
+        num_workers: reading processes; 0 reads in the calling process, one batch at a time (so does an online
+            store, whatever the number).
         pin_memory: page-locked tensors (CUDA: copy them with `to_device`, which does not block).
 
     Yields:
@@ -123,7 +130,7 @@ def iter_reads(store: ShardStore, names: Sequence[str], batches: Sequence[Iterab
     requests = [_positions(batch) for batch in batches]
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if num_workers == 0 or not requests:
+    if num_workers == 0 or not requests or getattr(store, "online", False):  # an online store's backbone stays here
         for request in requests:
             arrays = {name: torch.from_numpy(array) for name, array in reads[request].items()}
             yield {name: t.pin_memory() for name, t in arrays.items()} if pin_memory else arrays
@@ -143,7 +150,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=tensor.is_pinned())
 
 
-def shard_batches(store: ShardStore, shards: Sequence[int], batch_size: int | None = None) -> list[list[int]]:
+def shard_batches(store: StoreReader, shards: Sequence[int], batch_size: int | None = None) -> list[list[int]]:
     """The item positions of `shards`, in store order, cut into batches of `batch_size` items.
 
     batch_size None: one batch per shard, the whole shard (empty for an empty shard). Otherwise a shard of n items

@@ -198,9 +198,10 @@ def _remove_other_stagings(parent: Path, name: str, current: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def upstream_stores(stream: object) -> dict[str, ShardStore]:
-    """The stores a stream reads: its attributes that are `ShardStore`s, by attribute name."""
-    return {key: value for key, value in getattr(stream, "__dict__", {}).items() if isinstance(value, ShardStore)}
+def upstream_stores(stream: object) -> dict[str, StoreReader]:
+    """The stores a stream reads: its attributes that are stores (`ShardStore`, or an online store computed where it
+    is read), by attribute name."""
+    return {key: value for key, value in getattr(stream, "__dict__", {}).items() if isinstance(value, StoreReader)}
 
 
 def _lineage_attrs(stream: ArrayStream, root: Path) -> dict[str, Any]:
@@ -346,59 +347,34 @@ def write_pooled(stream: ArrayStream, record: Path, pool: Path, progress: bool =
     return data
 
 
-@dataclass
-class ShardStore:
-    """Read access to a store written by `write_store`. Nothing is loaded until asked for."""
+class StoreReader:
+    """The reading methods every store shares, built on what a store defines: `root`, `fields`, `ids`,
+    `shard_counts`, `attrs`, `fingerprint` and `shard(index, names)`. A subclass calls `_index_items` once its ids and
+    shard counts are set. Stores: `ShardStore` (on disk) and `unseg.core.online.OnlineStore` (computed where read).
+    """
 
-    root: Path
-    data_root: Path = field(init=False)  # where the shards are: root, or the pooled store a record names
-    fields: dict[str, FieldSpec] = field(init=False)
-    ids: list[str] = field(init=False)
-    shard_counts: list[int] = field(init=False)
-    skipped: list[dict[str, str]] = field(init=False)
-    attrs: dict[str, Any] = field(init=False)
-    fingerprint: str = field(init=False)
+    root: Any
+    fields: dict[str, FieldSpec]
+    ids: list[str]
+    shard_counts: list[int]
+    attrs: dict[str, Any]
+    fingerprint: str
+    online: bool = False  # whether shards are computed when read (a backbone in this process) instead of stored
 
-    def __post_init__(self) -> None:
-        self.root = Path(self.root)
-        meta_path = self.root / META_FILE
-        if not meta_path.is_file():
-            raise StoreError(f"{self.root}: no {META_FILE}; not a store, or its write did not finish")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{meta_path}: unreadable ({err})") from err
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-        self.fields = {name: FieldSpec.from_json(spec) for name, spec in meta["fields"].items()}
-        self.ids = list(meta["ids"])
-        self.shard_counts = [int(c) for c in meta["shard_counts"]]
-        self.skipped = list(meta["skipped"])
-        self.attrs = dict(meta["attrs"])
-        self.fingerprint = str(meta["fingerprint"])
-        self.data_root = self.root / meta["data"] if meta.get("data") else self.root
-        if self.data_root != self.root and stored_fingerprint(self.data_root) != self.fingerprint:
-            raise StoreError(f"{meta_path} records data in {os.path.normpath(self.data_root)}, which is missing or "
-                             f"holds other data (removed by pruning?); run the pipeline that makes it again")
+    def _index_items(self) -> None:
         self._starts = np.concatenate([[0], np.cumsum(self.shard_counts)]).astype(np.int64)
         self._position = {image_id: i for i, image_id in enumerate(self.ids)}
+
+    def shard(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Field -> array (n, *shape) of shard `index`."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __repr__(self) -> str:
-        return f"ShardStore({str(self.root)!r}, items={len(self)}, fields={list(self.fields)})"
-
     @property
     def num_shards(self) -> int:
         return len(self.shard_counts)
-
-    def shard(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Field -> memory-mapped array (n, *shape) of shard `index`."""
-        if not 0 <= index < self.num_shards:
-            raise IndexError(f"{self.root}: shard {index} out of range [0, {self.num_shards})")
-        folder = _shard_dir(self.data_root, index)
-        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in (names or self.fields)}
 
     def shard_ids(self, index: int) -> list[str]:
         return self.ids[self._starts[index]:self._starts[index + 1]]
@@ -463,13 +439,60 @@ class ShardStore:
         return out
 
 
+@dataclass
+class ShardStore(StoreReader):
+    """Read access to a store written by `write_store`. Nothing is loaded until asked for."""
+
+    root: Path
+    data_root: Path = field(init=False)  # where the shards are: root, or the pooled store a record names
+    fields: dict[str, FieldSpec] = field(init=False)
+    ids: list[str] = field(init=False)
+    shard_counts: list[int] = field(init=False)
+    skipped: list[dict[str, str]] = field(init=False)
+    attrs: dict[str, Any] = field(init=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        meta_path = self.root / META_FILE
+        if not meta_path.is_file():
+            raise StoreError(f"{self.root}: no {META_FILE}; not a store, or its write did not finish")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{meta_path}: unreadable ({err})") from err
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        self.fields = {name: FieldSpec.from_json(spec) for name, spec in meta["fields"].items()}
+        self.ids = list(meta["ids"])
+        self.shard_counts = [int(c) for c in meta["shard_counts"]]
+        self.skipped = list(meta["skipped"])
+        self.attrs = dict(meta["attrs"])
+        self.fingerprint = str(meta["fingerprint"])
+        self.data_root = self.root / meta["data"] if meta.get("data") else self.root
+        if self.data_root != self.root and stored_fingerprint(self.data_root) != self.fingerprint:
+            raise StoreError(f"{meta_path} records data in {os.path.normpath(self.data_root)}, which is missing or "
+                             f"holds other data (removed by pruning?); run the pipeline that makes it again")
+        self._index_items()
+
+    def __repr__(self) -> str:
+        return f"ShardStore({str(self.root)!r}, items={len(self)}, fields={list(self.fields)})"
+
+    def shard(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Field -> memory-mapped array (n, *shape) of shard `index`."""
+        if not 0 <= index < self.num_shards:
+            raise IndexError(f"{self.root}: shard {index} out of range [0, {self.num_shards})")
+        folder = _shard_dir(self.data_root, index)
+        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in (names or self.fields)}
+
+
 # ----------------------------------------------------------------------------------------------------------- lineage
-def _describe(name: str, store: ShardStore) -> str:
+def _describe(name: str, store: StoreReader) -> str:
     return (f"{name} ({store.root}: {len(store)} items, split {store.attrs.get('split')}, "
             f"ingestion {store.attrs.get(INGESTION) or 'not recorded'})")
 
 
-def check_same_ingestion(*, what: str = "the input stores", **stores: ShardStore | None) -> None:
+def check_same_ingestion(*, what: str = "the input stores", **stores: StoreReader | None) -> None:
     """Checks that stores which must belong together descend from one ingestion (the same `attrs["ingestion"]`).
 
     Args:
@@ -493,7 +516,7 @@ def check_same_ingestion(*, what: str = "the input stores", **stores: ShardStore
                      "ingestion (e.g. `kedro run --pipelines features`).")
 
 
-def check_made_from(derived_name: str, derived: ShardStore, source_name: str, source: ShardStore,
+def check_made_from(derived_name: str, derived: StoreReader, source_name: str, source: StoreReader,
                     key: str = "images") -> None:
     """Checks that `derived` was made from `source`: its attrs[key] (recorded at write time) is source's fingerprint.
 
@@ -508,7 +531,7 @@ def check_made_from(derived_name: str, derived: ShardStore, source_name: str, so
                          f"makes {derived_name} again")
 
 
-def check_split(name: str, store: ShardStore, expected: str) -> None:
+def check_split(name: str, store: StoreReader, expected: str) -> None:
     """Checks that a store holds the split its consumer expects (attrs["split"], where recorded).
 
     Raises:
@@ -519,7 +542,7 @@ def check_split(name: str, store: ShardStore, expected: str) -> None:
         raise StoreError(f"{name} ({store.root}) holds the {split!r} split, expected {expected!r}")
 
 
-def check_model_ingestion(model: Mapping[str, Any], store: ShardStore) -> None:
+def check_model_ingestion(model: Mapping[str, Any], store: StoreReader) -> None:
     """Checks that a model fitted on a train store (recording its `INGESTION` key) meets a store of that ingestion.
 
     Raises:

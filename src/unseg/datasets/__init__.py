@@ -1,7 +1,8 @@
 """Kedro datasets the project needs and kedro-datasets does not have."""
 
 from unseg.datasets.mlflow_runs_dataset import MlflowRunsDataset
+from unseg.datasets.online_store_dataset import OnlineStoreDataset
 from unseg.datasets.shard_store_dataset import ShardStoreDataset
 from unseg.datasets.trained_model_dataset import TrainedModelDataset
 
-__all__ = ["MlflowRunsDataset", "ShardStoreDataset", "TrainedModelDataset"]
+__all__ = ["MlflowRunsDataset", "OnlineStoreDataset", "ShardStoreDataset", "TrainedModelDataset"]

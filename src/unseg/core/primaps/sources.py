@@ -47,6 +47,8 @@ class ItemReader:
 
     def __call__(self, positions: Sequence[int]) -> np.ndarray:
         """(len(positions), *shape) copied out of the store."""
+        if getattr(self.store, "online", False):  # computed where read: only these items, memory bounded by the store
+            return self.store.rows(positions, [self.name])[self.name]  # type: ignore[attr-defined]
         rows = []
         for position in positions:
             shard, offset = self.store.locate(int(position))
