@@ -79,32 +79,49 @@ def env_params(env: str) -> dict:
 
     from unseg.settings import CONFIG_LOADER_ARGS
 
-    loader = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
+    loader = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}, env=env)
     return loader["parameters"]
 
 
+def online_entries(env: str) -> set[str]:
+    """Catalog entries of `env` that are computed where they are read, not stored (OnlineStoreDataset)."""
+    from kedro.config import OmegaConfigLoader
+
+    from unseg.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}, env=env)
+    return {name for name, entry in loader["catalog"].items()
+            if isinstance(entry, dict) and str(entry.get("type", "")).endswith("OnlineStoreDataset")}
+
+
 def projection(env: str, num_train: int, num_val: int) -> dict[str, float]:
-    """Bytes every store of one run at `env`'s settings takes (each computed once; a second run adds records only),
-    from the fields the streams declare: prepared images + labels, frozen features, PiCIE features, train masks,
-    val predictions of every method."""
+    """Bytes the stores of one run take at `env`'s settings (each computed once; a second run adds records only),
+    from the fields the streams declare, leaving out what the env's catalog computes where it is read: prepared
+    images + labels, frozen features, PiCIE features, train masks, val predictions of every method."""
     from unseg.core.backbones.registry import backbone_cfg
     from unseg.pipelines.evaluation.pipeline import METHODS
 
     params = env_params(env)
+    online = online_entries(env)
     crop = params["dataset"]["crop"]
     label = 1 if params["dataset"]["num_classes"] < 255 else 2
     backbone = backbone_cfg(params["features"]["backbone"])
     grid = crop // backbone.stride
     picie_grid = params["picie"]["views"]["input_size"] // 4
     picie_dim = {"resnet50": 256}.get(params["picie"]["network"]["arch"], 128)
-    n = num_train + num_val
-    return {
-        "prepared images + labels": n * crop * crop * (3 + label),
-        f"frozen features ({backbone.name}, {backbone.dim} x {grid} x {grid} fp16)": n * backbone.dim * grid**2 * 2,
-        f"PiCIE features ({picie_dim} x {picie_grid} x {picie_grid} fp16)": n * picie_dim * picie_grid**2 * 2,
-        "PriMaPs train masks (uint8 at the crop)": num_train * crop * crop,
-        f"val predictions ({len(METHODS)} methods, uint8)": len(METHODS) * num_val * crop * crop,
+    frozen, picie = backbone.dim * grid**2 * 2, picie_dim * picie_grid**2 * 2
+    stores = {  # catalog entry: (items, bytes per item)
+        "prm_train_images": (num_train, crop * crop * (3 + label)),
+        "prm_val_images": (num_val, crop * crop * (3 + label)),
+        f"feat_train ({backbone.name}, {backbone.dim} x {grid} x {grid} fp16)": (num_train, frozen),
+        "feat_val": (num_val, frozen),
+        f"feat_picie_train ({picie_dim} x {picie_grid} x {picie_grid} fp16)": (num_train, picie),
+        "feat_picie_val": (num_val, picie),
+        "mi_primaps_train_masks (uint8 at the crop)": (num_train, crop * crop),
+        f"val predictions ({len(METHODS)} methods, uint8)": (len(METHODS) * num_val, crop * crop),
     }
+    return {(f"{name} [computed where read: 0]" if name.split(" ")[0] in online else name):
+            (0 if name.split(" ")[0] in online else items * size) for name, (items, size) in stores.items()}
 
 
 def ram_projection(env: str, measured_peak: int) -> dict[str, float]:
