@@ -113,3 +113,28 @@ def test_prune_refuses_while_a_run_holds_the_lock(data: Path) -> None:
 def test_keep_must_be_positive(data: Path) -> None:
     with pytest.raises(ValueError, match="keep must be >= 1"):
         plan(data, keep=0)
+
+
+def test_equal_weights_take_the_disk_once_and_prune_follows_the_links(tmp_path: Path) -> None:
+    """PooledTorchDataset: two versions of the same weights are two links to one pooled file; other weights get
+    their own; pruning to the newest version removes the pooled file only the old versions linked."""
+    import torch
+
+    from unseg.datasets import PooledTorchDataset
+
+    data = tmp_path / "data"
+    filepath = data / "06_models" / "net.pt"
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    for module in (first, first, second):
+        PooledTorchDataset(filepath=str(filepath), version=Version(None, None)).save(module)
+        time.sleep(0.002)
+    files = [filepath / v / "net.pt" for v in versions(filepath)]
+    assert files[0].stat().st_ino == files[1].stat().st_ino != files[2].stat().st_ino
+    assert len(list((filepath / ".stores").iterdir())) == 2
+    loaded = PooledTorchDataset(filepath=str(filepath), version=Version(versions(filepath)[0], None)).load()
+    assert torch.equal(loaded["weight"], first.weight)
+    prune(data, keep=1)
+    assert len(versions(filepath)) == 1 and len(list((filepath / ".stores").iterdir())) == 1
+    latest = PooledTorchDataset(filepath=str(filepath), version=Version(None, None)).load()
+    assert torch.equal(latest["weight"], second.weight)

@@ -6,8 +6,9 @@
 What goes, under the project's data folder (the rest stays):
 - versions: of every versioned dataset (a folder whose entries are Kedro version folders), all but the newest
   `keep`. The newest version of every dataset always stays, so whatever the latest run used (or made) stays.
-- pooled stores: `<dataset>/.stores/<fingerprint>/` folders that no kept version's record names
-  (see `unseg.datasets.ShardStoreDataset`);
+- pooled data: `<dataset>/.stores/<fingerprint>/` folders that no kept version's record names
+  (`unseg.datasets.ShardStoreDataset`), and `<dataset>/.stores/<hash>.pt` files no kept version links to
+  (`unseg.datasets.PooledTorchDataset`);
 - unfinished writes: staging folders (`.<name>.staging-<fingerprint>`: the finished shards of a killed write, kept
   so that the next run resumes) and the work folders of writers that died;
 - checkpoints: of every checkpoint folder (one subfolder per training fingerprint, holding `epoch_NNNN.pt` or
@@ -75,8 +76,13 @@ def _old_versions(dataset: Path, keep: int) -> Iterator[Removal]:
     pool = dataset / POOL
     if pool.is_dir():
         used = {_pooled_data(record) for version in kept for record in version.iterdir()}
+        linked = {f.stat().st_ino for version in kept for f in version.rglob("*") if f.is_file()}
         for data in sorted(pool.iterdir()):
-            if data.is_dir() and not data.name.startswith(".") and data.resolve() not in used:
+            if data.name.startswith("."):
+                continue
+            # a store folder no kept record names, or a pooled file no kept version links to (PooledTorchDataset)
+            unused = data.resolve() not in used if data.is_dir() else data.stat().st_ino not in linked
+            if unused:
                 yield Removal(data, f"stored data no kept version of {dataset.name} uses", _size(data))
 
 
@@ -121,8 +127,12 @@ def prune(data: Path, keep: int, dry_run: bool = False) -> list[Removal]:
         for removal in removals:
             logger.info("%s %s (%s, %.1f MB)", "would remove" if dry_run else "removing", removal.path,
                         removal.reason, removal.size / 1e6)
-            if not dry_run:
+            if dry_run:
+                continue
+            if removal.path.is_dir():
                 shutil.rmtree(removal.path, ignore_errors=True)
+            else:
+                removal.path.unlink(missing_ok=True)
         return removals
     finally:
         lock.release()
