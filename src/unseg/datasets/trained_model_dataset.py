@@ -20,6 +20,7 @@ from kedro_datasets_experimental.pytorch import PyTorchDataset
 from mlflow.exceptions import MlflowException
 
 from unseg.core.predict import method_spec
+from unseg.datasets.mlflow_pooled_model_dataset import run_model_uri
 
 PICIE_MODEL = "picie"  # the MLflow model name of PiCIE's network (conf/base/catalog_picie.yml, picie.mlflow_model)
 
@@ -109,6 +110,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
     def _run_network(self) -> dict[str, Any]:
         uri = f"runs:/{self._run_id}/{PICIE_MODEL}"
         try:
+            uri = run_model_uri(self._run_id, PICIE_MODEL)
             return mlflow.pytorch.load_model(uri, map_location="cpu").state_dict()
         except (MlflowException, OSError) as err:
             raise DatasetError(f"MLflow run {self._run_id} ({mlflow.get_tracking_uri()}): cannot load PiCIE's "
