@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from unseg.core.loader import StoreReads
 from unseg.core.store import (
     ArrayStream,
     FieldSpec,
@@ -70,17 +71,7 @@ class _Selection(StoreReader):
     def shard(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         if index != 0:
             raise IndexError(f"{self.root}: a selection has one shard, asked for {index}")
-        names = list(names or self.fields)
-        out = {name: np.empty((len(self.positions), *self.fields[name].shape), self.fields[name].dtype)
-               for name in names}
-        located = [self.base.locate(int(p)) for p in self.positions]
-        shards = np.array([shard for shard, _ in located], dtype=np.int64)
-        offsets = np.array([offset for _, offset in located], dtype=np.int64)
-        for shard in np.unique(shards).tolist():  # one read of each input shard
-            rows = np.nonzero(shards == shard)[0]
-            for name, array in self.base.shard(shard, names).items():
-                out[name][rows] = array[offsets[rows]]
-        return out
+        return StoreReads(self.base, list(names or self.fields))[self.positions]  # one read per input shard
 
 
 class OnlineStore(StoreReader):

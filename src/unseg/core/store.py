@@ -340,7 +340,7 @@ def write_pooled(stream: ArrayStream, record: Path, pool: Path, progress: bool =
     tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))  # the folder is renamed into place whole
     if record.exists():
         shutil.rmtree(record)
     os.replace(tmp, record)
