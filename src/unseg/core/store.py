@@ -50,6 +50,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from unseg.core.distributed import barrier, broadcast_object, check_same, is_main, my_share, rank, world_size
+
 logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
@@ -170,7 +172,7 @@ def pid_alive(pid: int) -> bool:
 
 def _remove_dead_work_folders(parent: Path, name: str) -> None:
     """Work and `.old` folders of `name` left by processes that died (killed between a rename and its cleanup)."""
-    pattern = re.compile(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)")
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)(?:-rank\d+)?")
     for path in parent.glob(f".{glob.escape(name)}.*-*") if parent.is_dir() else ():
         match = pattern.fullmatch(path.name)
         if match and not pid_alive(int(match.group(1))):
@@ -222,41 +224,50 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
     """Writes `stream` into `root`, resuming finished shards of an earlier write with the same fingerprint; a complete
     store of that fingerprint at `root` is kept as it is.
 
+    In a process group (torchrun, `unseg.core.distributed`) every process calls it with its own copy of the stream:
+    each computes and writes the shards `distributed.my_share` gives it into the common staging folder, and rank 0
+    makes the store once all are written, so the store is the one a single process would write, byte for byte. The
+    processes first check that their streams have one fingerprint (else all stop: their inputs differ).
+
     Args:
         stream: the producer; see `ArrayStream`.
         root: target folder. If it holds a complete store, it is replaced only after the new one is complete.
         staging_parent: where unfinished writes live (default: root's parent); it must be on root's file system and
             stable across runs for a killed write to resume (versioned datasets pass their unversioned folder).
-        progress: show a tqdm bar over shards.
+        progress: show a tqdm bar over shards (rank 0's shards only, in a process group).
 
     Raises:
         StoreError: a produced shard does not match the declared fields; the stores the stream reads come from
             different ingestions; the staging folder disappeared during the write (another process wrote the same
-            store at the same time).
+            store at the same time); a process of the group did not write its shards.
+        DistributedMismatch: the processes of a group hold streams of different fingerprints.
     """
     from tqdm.auto import tqdm
 
     root = Path(root)
+    check_same(f"the fingerprint of the stream written to {root}", stream.fingerprint)
     attrs = _lineage_attrs(stream, root)
-    if stored_fingerprint(root) == stream.fingerprint:
-        logger.info("%s holds this data already (fingerprint %s): reused", root, stream.fingerprint)
-        _set_attrs(root, attrs)
+    if broadcast_object(stored_fingerprint(root) == stream.fingerprint if is_main() else None):
+        if is_main():
+            logger.info("%s holds this data already (fingerprint %s): reused", root, stream.fingerprint)
+            _set_attrs(root, attrs)
+        barrier()
         return
     parent = Path(staging_parent or root.parent)
     staging = parent / f".{root.name}.staging-{stream.fingerprint}"
-    _remove_dead_work_folders(parent, root.name)
-    staging.mkdir(parents=True, exist_ok=True)
     infos: dict[int, dict[str, Any]] = {}
-    for i in range(stream.num_shards):
-        info = _read_shard_info(_shard_dir(staging, i), stream.fields)
-        if info is not None:
-            infos[i] = info
-    todo = [i for i in range(stream.num_shards) if i not in infos]
-    if infos:
-        logger.info("Resuming %s: %d of %d shards already written", root, len(infos), stream.num_shards)
-    work = parent / f".{root.name}.tmp-{os.getpid()}"
-    bar = tqdm(total=stream.num_shards, initial=len(infos), unit="shard", disable=not progress, desc=root.name)
-    shards = stream.iter_shards(todo)
+    if is_main():
+        _remove_dead_work_folders(parent, root.name)
+        staging.mkdir(parents=True, exist_ok=True)
+        infos = _read_shard_infos(staging, stream)
+        if infos:
+            logger.info("Resuming %s: %d of %d shards already written", root, len(infos), stream.num_shards)
+    # rank 0 says which shards are missing before any process writes one
+    todo = broadcast_object([i for i in range(stream.num_shards) if i not in infos])
+    mine = my_share(todo)
+    work = parent / (f".{root.name}.tmp-{os.getpid()}" + (f"-rank{rank()}" if world_size() > 1 else ""))
+    bar = tqdm(total=len(mine), unit="shard", disable=not (progress and is_main()), desc=root.name)
+    shards = stream.iter_shards(mine)
     try:
         for shard in shards:
             _check_shard(shard, stream.fields)
@@ -281,6 +292,27 @@ def write_store(stream: ArrayStream, root: Path, staging_parent: Path | None = N
         getattr(shards, "close", lambda: None)()  # a failed write stops the producer now (e.g. its worker processes)
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
+    barrier()  # every process has written its shards
+    if is_main():
+        if world_size() > 1:
+            infos = _read_shard_infos(staging, stream)
+        _finish_store(stream, root, parent, staging, infos, attrs)
+    barrier()  # the store is complete for every process
+
+
+def _read_shard_infos(staging: Path, stream: ArrayStream) -> dict[int, dict[str, Any]]:
+    """Index -> {"ids", "skipped"} of the complete shards in the staging folder."""
+    infos = {}
+    for i in range(stream.num_shards):
+        info = _read_shard_info(_shard_dir(staging, i), stream.fields)
+        if info is not None:
+            infos[i] = info
+    return infos
+
+
+def _finish_store(stream: ArrayStream, root: Path, parent: Path, staging: Path, infos: dict[int, dict[str, Any]],
+                  attrs: dict[str, Any]) -> None:
+    """The staging folder, all shards written, becomes the store at `root` (its meta file written last)."""
     missing = [i for i in range(stream.num_shards) if i not in infos]
     if missing:
         raise StoreError(f"{root}: the stream did not produce shards {missing[:10]}")
@@ -327,23 +359,26 @@ def _set_attrs(root: Path, attrs: dict[str, Any]) -> None:
 def write_pooled(stream: ArrayStream, record: Path, pool: Path, progress: bool = True) -> Path:
     """Writes `stream` content-addressed into `pool/<fingerprint>` (reused when complete) and a record of it at
     `record`: a folder with the store's `meta.json` (its attrs are this write's, with this run's lineage), whose
-    "data" entry is the store's path relative to the record.
+    "data" entry is the store's path relative to the record. In a process group every process writes its shares of
+    the data (`write_store`) and rank 0 alone the record.
 
     Returns:
         the folder that holds the data.
     """
     data = Path(pool) / stream.fingerprint
     write_store(stream, data, staging_parent=pool, progress=progress)
-    meta = json.loads((data / META_FILE).read_text())
-    meta["data"] = os.path.relpath(data, record)
-    record = Path(record)
-    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))  # the folder is renamed into place whole
-    if record.exists():
-        shutil.rmtree(record)
-    os.replace(tmp, record)
+    if is_main():
+        meta = json.loads((data / META_FILE).read_text())
+        meta["data"] = os.path.relpath(data, record)
+        record = Path(record)
+        tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))  # the folder is renamed into place whole
+        if record.exists():
+            shutil.rmtree(record)
+        os.replace(tmp, record)
+    barrier()  # the record exists for every process
     return data
 
 
