@@ -4,7 +4,8 @@
   tracking store opens, so that a typo or an unusable store stops the run at once with an error that names it.
 - `MlflowTagsHook`: tags each MLflow run with what a researcher filters by (data set, backbone, seed, methods) and
   names it after them, so runs tell themselves apart in the MLflow UI's lists and chart legends.
-- `TrackedSession`: records a run stopped by Ctrl-C as KILLED (MLflow would record it FINISHED).
+- `TrackedSession`: records a run stopped by Ctrl-C as KILLED (MLflow would record it FINISHED); under torchrun every
+  process takes rank 0's session id (one save version).
 """
 
 from __future__ import annotations
@@ -129,6 +130,18 @@ class TrackedSession(KedroSession):
     `on_pipeline_error` is called either) gives FAILED too. A run that was active before the session (an
     orchestrator's) is left open, as kedro-mlflow leaves it.
     """
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> TrackedSession:
+        """A session; in a torch.distributed group every process takes rank 0's session id, so that all save and
+        load the same versions (unseg.runner.DistributedRunner)."""
+        from unseg.core.distributed import broadcast_object, is_distributed  # imports torch: not at settings time
+
+        session = super().create(*args, **kwargs)
+        if is_distributed():
+            session.session_id = broadcast_object(session.session_id)
+            session._store["session_id"] = session.session_id
+        return session  # type: ignore[return-value]
 
     def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         before = mlflow.active_run()

@@ -29,3 +29,8 @@ HOOKS = (RunChecksHook(), MlflowTagsHook())
 SESSION_CLASS = TrackedSession
 # one `kedro run` per project at a time (data/.kedro-run.lock; unseg/lock.py)
 HOOKS = (*HOOKS, RunLockHook())
+# Under torchrun (python -m unseg run, docs/distributed.md) rank 0 alone checks, locks and tracks the run: the other
+# processes run no project hook and no kedro-mlflow (one MLflow run; unseg.runner.DistributedRunner saves once).
+if int(os.environ.get("RANK", "0")) > 0:
+    HOOKS = ()
+    DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow", "kedro-viz", "kedro-telemetry")

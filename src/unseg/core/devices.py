@@ -1,10 +1,13 @@
-"""Device selection: `auto` takes CUDA when present, else the CPU."""
+"""Device selection: `auto` takes CUDA when present, else the CPU; a process of a torchrun group takes its own GPU
+(LOCAL_RANK)."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
+
+from unseg.core.distributed import is_distributed, local_rank
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +23,12 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         ValueError: unknown name, or CUDA asked for on a machine without it.
     """
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda") and torch.cuda.is_available() and is_distributed():
+        return torch.device("cuda", local_rank())  # one device per process of a torchrun group
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
