@@ -5,6 +5,7 @@
 #   bash scripts/mutation.sh                      every configured module, from scratch
 #   bash scripts/mutation.sh core/picie/loss.py   one or more modules (their mutants re-run, other results kept)
 #   bash scripts/mutation.sh --survivors          re-run only the mutants not killed so far (survived or unchecked)
+#   bash scripts/mutation.sh --survivors core/picie/train.py   the same, of these modules only
 #
 # Inspect a survivor with `.venv/bin/mutmut show NAME`; docs/testing.md lists the ones that are equivalent.
 set -euo pipefail
@@ -12,14 +13,20 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export KEDRO_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 patterns=()
+module_prefix() {  # core/picie/train.py -> unseg.core.picie.train.
+    local module=${1#src/}; module=${module#unseg/}; module=${module%.py}
+    echo "unseg.${module//\//.}."
+}
 if [ "${1:-}" = "--survivors" ]; then
+    shift
     mapfile -t patterns < <(.venv/bin/python scripts/mutation_score.py --pending)
+    if [ $# -gt 0 ]; then
+        prefixes=(); for module in "$@"; do prefixes+=("$(module_prefix "$module")"); done
+        mapfile -t patterns < <(printf '%s\n' "${patterns[@]}" | grep -F "${prefixes[@]/#/-e}" || true)
+    fi
     [ ${#patterns[@]} -gt 0 ] || { echo "no survivors to re-run"; exit 0; }
 elif [ $# -gt 0 ]; then
-    for module in "$@"; do
-        module=${module#src/}; module=${module#unseg/}; module=${module%.py}
-        patterns+=("unseg.${module//\//.}.*")
-    done
+    for module in "$@"; do patterns+=("$(module_prefix "$module")*"); done
 else
     rm -rf mutants
 fi
