@@ -87,3 +87,20 @@ def test_a_world_of_one() -> None:
     distributed.check_same("x", 1)
     distributed.barrier()
     assert distributed.init_from_env() is False  # no torchrun: nothing joined
+
+
+def test_auto_worker_counts_share_the_machine_between_local_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 processes on a 32-CPU machine get 4 CPUs each for their loader, decode and CRF workers, not 32."""
+    import torch
+
+    from unseg.core.data.prepare import decode_workers
+    from unseg.core.loader import resolve_num_workers
+
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert distributed.cpus_per_process() == 32
+    assert (decode_workers("auto"), resolve_num_workers("auto", torch.device("cuda"))) == (8, 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert distributed.cpus_per_process() == 4
+    assert (decode_workers("auto"), resolve_num_workers("auto", torch.device("cuda"))) == (4, 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert distributed.cpus_per_process() == 1

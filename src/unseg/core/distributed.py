@@ -53,6 +53,14 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def cpus_per_process() -> int:
+    """The CPUs this process may use, shared with the other processes torchrun started on this machine
+    (LOCAL_WORLD_SIZE): what `auto` worker counts (loader, decoding, DenseCRF) divide, so 8 processes on a machine
+    do not each start a worker per core."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, usable // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def is_distributed() -> bool:
     """Whether a process group of more than one process is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

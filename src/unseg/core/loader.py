@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from unseg.core.distributed import cpus_per_process
 from unseg.core.store import StoreReader
 
 AUTO = "auto"
@@ -40,13 +41,14 @@ OPEN_SHARDS = 32  # memory maps kept open per process (each holds a file descrip
 
 
 def resolve_num_workers(value: int | str, device: torch.device) -> int:
-    """The number of loader processes: `value` itself, or for "auto" 0 on the CPU and min(8, CPUs / 2) on CUDA.
+    """The number of loader processes: `value` itself, or for "auto" 0 on the CPU and min(8, CPUs / 2) on CUDA (the
+    CPUs of this process: under torchrun its share of the machine's).
 
     Raises:
         ValueError: neither "auto" nor an integer >= 0.
     """
     if value == AUTO:
-        return min(MAX_AUTO_WORKERS, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+        return min(MAX_AUTO_WORKERS, max(1, cpus_per_process() // 2)) if device.type == "cuda" else 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"loader.num_workers must be 'auto' or an integer >= 0, got {value!r}")
     return value

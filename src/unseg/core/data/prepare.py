@@ -32,6 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from unseg.core.data.sources import BadFileError, BadFiles, DatasetConfig, load_image, load_label, size_mismatch
+from unseg.core.distributed import cpus_per_process
 from unseg.core.store import INGESTION, FieldSpec, Shard, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -98,14 +99,14 @@ def decode_workers(value: int | str) -> int:
     """The number of decode worker processes that `ingestion.num_workers` asks for.
 
     Args:
-        value: an integer >= 0 (0: decode in this process), or "auto": min(8, the CPUs this process may use).
+        value: an integer >= 0 (0: decode in this process), or "auto": min(8, the CPUs this process may use; under
+            torchrun its share of the machine's).
 
     Raises:
         ValueError: anything else, naming the valid values.
     """
     if value == "auto":
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return min(MAX_AUTO_WORKERS, usable)
+        return min(MAX_AUTO_WORKERS, cpus_per_process())
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"num_workers must be an integer >= 0 (0: decode in this process) or 'auto', got {value!r}")
     return value

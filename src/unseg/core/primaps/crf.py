@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from unseg.core.distributed import cpus_per_process
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class CRFConfig:
         iterations: mean-field iterations.
         gaussian_sxy / gaussian_compat: the smoothness kernel.
         bilateral_sxy / bilateral_srgb / bilateral_compat: the appearance kernel.
-        workers: processes for a batch of images (`dense_crf_batch`); 0: one per CPU core; 1: in this process.
+        workers: processes for a batch of images (`dense_crf_batch`); 0: one per CPU core of this process (under
+            torchrun its share of the machine's); 1: in this process.
             Results do not depend on it.
     """
 
@@ -102,11 +104,11 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 def dense_crf_batch(images: Sequence[np.ndarray], logits: Sequence[np.ndarray], config: CRFConfig) -> list[np.ndarray]:
     """`dense_crf` of every (image, logits) pair, in `config.workers` processes: pydensecrf holds the GIL, so only
     processes run CRFs in parallel (threads measured 1.1x on 2 cores). Same results as one call per image."""
-    workers = min(config.workers or os.cpu_count() or 1, len(images))
+    workers = min(config.workers or cpus_per_process(), len(images))
     if workers <= 1:
         return [dense_crf(image, lg, config) for image, lg in zip(images, logits, strict=True)]
     if len(images) != len(logits):
         raise ValueError(f"dense_crf_batch: {len(images)} images but {len(logits)} logit maps")
     chunk = max(1, len(images) // (4 * workers))
-    return list(_pool(config.workers or os.cpu_count() or 1).map(dense_crf, images, logits, itertools.repeat(config),
+    return list(_pool(config.workers or cpus_per_process()).map(dense_crf, images, logits, itertools.repeat(config),
                                                                 chunksize=chunk))
