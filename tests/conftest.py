@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from projects import copy_project
 
 
 @pytest.fixture
 def project_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A project folder in tmp_path: conf/ and pyproject.toml copied, empty src/ and data/, MLflow in sqlite."""
-    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copy(PROJECT_ROOT / ".telemetry", tmp_path / ".telemetry")
-    (tmp_path / "src").mkdir()  # bootstrap_project wants the folder; the package itself is installed
-    (tmp_path / "data").mkdir()
+    copy_project(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     yield tmp_path
@@ -34,3 +27,9 @@ def no_active_mlflow_run() -> Iterator[None]:
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end modules (tests/test_*.py, the slowest) first: with xdist (`--dist loadfile`) the workers start on
+    them and finish with the many short unit tests, instead of one worker running a long end-to-end test at the end."""
+    items.sort(key=lambda item: item.path.parent.name != "tests")
