@@ -23,12 +23,10 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         ValueError: unknown name, or CUDA asked for on a machine without it.
     """
-    if name == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if name in ("auto", "cuda") and torch.cuda.is_available() and is_distributed():
-        return torch.device("cuda", local_rank())  # one device per process of a torchrun group
     if name == "auto":
-        return torch.device("cuda")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available() and is_distributed():
+        return torch.device("cuda", local_rank())  # one device per process of a torchrun group
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
